@@ -1,0 +1,142 @@
+"""The contract between the backbone-agnostic DoT pipeline and a diffusion backbone.
+
+The trainer (`dot.train`) and the evaluator (`dot.evaluate`) only talk to a backbone through
+this class, so SEDD, Plaid and the autoregressive baseline plug into the same loop.
+
+Sequence layout shared by every backbone (built by `dot.collate`)::
+
+    input_ids      = source + [SEP] + target + [EOS] + [PAD]...
+    fixed_mask     = True on source + SEP (the conditioning prefix, never noised or scored)
+    attention_mask = True on every real token (False on padding)
+
+In multi-pass mode the target is one thought; EOS follows only the last thought, so a
+generated thought ends at the first PAD (or EOS when the chain is finished).
+"""
+from __future__ import annotations
+
+import abc
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from dot.rng import RowRandom
+from dot.tokenization import Tokenizer
+
+
+@dataclass
+class Batch:
+    """One micro-batch of training or validation rows.
+
+    `rows` are the global indices of these rows inside the step's global batch; together with
+    `RowRandom` they make the noise of a row independent of how the batch is split over
+    processes and accumulation steps.
+    """
+
+    input_ids: Tensor  # [B, L] int64
+    fixed_mask: Tensor  # [B, L] bool, True = conditioning prefix (source + SEP)
+    attention_mask: Tensor  # [B, L] bool, True = real token, False = padding
+    rows: Tensor  # [B] int64, global row indices within the step
+    global_batch_size: int
+    step: int
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(self.input_ids.to(device), self.fixed_mask.to(device),
+                     self.attention_mask.to(device), self.rows, self.global_batch_size, self.step)
+
+
+@dataclass
+class SampleResult:
+    """Output of one conditional generation pass.
+
+    `ids` has the input's shape with every non-fixed position generated; `nfe` counts network
+    evaluations for the whole batch pass; `chain` (only when asked for) holds the decoded-token
+    state after every denoising step, each [B, L], for visualising the chain.
+    """
+
+    ids: Tensor
+    nfe: int
+    chain: list[Tensor] | None = field(default=None)
+
+
+class Backbone(abc.ABC):
+    """A trainable generative model of `input_ids` given the fixed prefix.
+
+    Subclasses own `self.model`: the one `nn.Module` holding every trained parameter and buffer
+    (checkpoints store its state dict; EMA and the optimizer see its parameters).
+    """
+
+    name: ClassVar[str]
+    # Option names `sample` accepts; evaluation rejects any other with a clear error.
+    sample_options: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, cfg: Any, tokenizer: Tokenizer, model: nn.Module):
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.model = model
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, cfg: Any, tokenizer: Tokenizer) -> "Backbone":
+        """Build the model described by the Hydra config (`cfg.init`: 'scratch' or weights)."""
+
+    @classmethod
+    def load_pretrained(cls, path: str, device: torch.device, *, digit: bool = False,
+                        dataset: str | None = None) -> tuple["Backbone", Any]:
+        """Load the backbone's own weight formats for evaluation.
+
+        Returns the backbone in eval mode and a config (see `dot.config.compose_config`) with
+        at least data.task, data.multipass, sampling.steps, eval.cot_steps and seq_len.
+        """
+        raise ValueError(f"the {cls.name} backbone loads only run folders written by finetune.py")
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimizer parameter groups; the default is one AdamW group from `cfg.optim`."""
+        return [{"params": [p for p in self.model.parameters() if p.requires_grad],
+                 "lr": self.cfg.optim.lr, "weight_decay": self.cfg.optim.weight_decay}]
+
+    @abc.abstractmethod
+    def loss(self, batch: Batch, rng: RowRandom) -> tuple[Tensor, dict[str, float]]:
+        """Training loss of a micro-batch (a scalar to backpropagate) and metrics to log.
+
+        The scalar must be the mean over the *global* batch restricted to these rows, i.e. the
+        trainer sums the returned values over micro-batches and processes; use
+        `batch.global_batch_size` as the divisor.
+        """
+
+    @torch.no_grad()
+    def eval_loss(self, batch: Batch, rng: RowRandom) -> tuple[Tensor, dict[str, float]]:
+        """Validation loss; by default the training loss without gradients."""
+        return self.loss(batch, rng)
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Hook for state a backbone keeps across steps (e.g. Plaid's loss-variance EMAs)."""
+
+    @abc.abstractmethod
+    def sample(self, input_ids: Tensor, fixed_mask: Tensor, steps: int,
+               generator: torch.Generator, record_chain: bool = False,
+               **options: Any) -> SampleResult:
+        """Generate every non-fixed position of `input_ids` [B, L] with `steps` denoising steps.
+
+        Fixed positions must come back unchanged. `options` are backbone-specific sampler
+        settings (names listed in `sample_options`).
+        """
+
+
+# name -> "module:Class"; imported lazily so a backbone's dependencies load only when used.
+BACKBONES: dict[str, str] = {
+    "sedd": "sedd_backend.backbone:SEDDBackbone",
+    "plaid": "plaid.backbone:PlaidBackbone",
+    "ar": "dot.ar:ARBackbone",
+}
+
+
+def backbone_class(name: str) -> type[Backbone]:
+    """Look up a backbone class by its config name (`backbone.name`)."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)} "
+                         f"(config key backbone=...)")
+    module_name, class_name = BACKBONES[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)

@@ -1,0 +1,100 @@
+"""Run folders and checkpoints.
+
+A run folder (`exp_local/<task>/<date>/<time>/`) holds `.hydra/config.yaml`,
+`checkpoints-meta/checkpoint.pth` (latest state, rewritten for resuming),
+`checkpoints/checkpoint_<step>.pth` (kept snapshots), `samples/`, `logs/` and `eval/`.
+Checkpoints are dicts `{"format": "dot-run-v1", "backbone", "step", "seq_len", "model", "ema",
+"optimizer", "clip_norms"}` written atomically (temporary file, then rename) and read with
+`weights_only=True`, since a checkpoint is untrusted input.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "dot-run-v1"
+META = Path("checkpoints-meta") / "checkpoint.pth"
+RUNS_ROOT = Path("exp_local")
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def save_atomic(obj: Any, path: str | Path) -> Path:
+    """torch.save to a temporary file beside `path`, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # corrupt file or unsafe pickle
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}; the file is damaged or "
+                              "not a torch checkpoint") from err
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / ".hydra" / "config.yaml").is_file() and (path / META).is_file()
+
+
+def latest_run(root: str | Path = RUNS_ROOT, backbone: str | None = None) -> Path:
+    """The most recently written run folder under `root` (optionally of one backbone)."""
+    from omegaconf import OmegaConf
+
+    runs = [p.parents[1] for p in Path(root).glob("**/checkpoints-meta/checkpoint.pth")]
+    runs = [r for r in runs if is_run_dir(r)]
+    if backbone is not None:
+        runs = [r for r in runs
+                if OmegaConf.load(r / ".hydra" / "config.yaml").get("backbone", {}).get("name") == backbone]
+    if not runs:
+        raise CheckpointError(f"no run folder with {META} under {Path(root).resolve()}; train one "
+                              "with `python finetune.py` or pass --weights_path")
+    return max(runs, key=lambda r: (r / META).stat().st_mtime)
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", use_ema: bool = True,
+             state: dict[str, Any] | None = None):
+    """(backbone, config) of one of our run folders, with the EMA weights when present."""
+    from omegaconf import OmegaConf
+
+    from dot.backbone import backbone_class
+    from dot.tokenization import load_tokenizer
+
+    run_dir = Path(run_dir)
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    cfg.init = "scratch"  # the weights come from the checkpoint
+    state = state if state is not None else load_checkpoint(run_dir / META, device)
+    if state.get("format") != FORMAT:
+        raise CheckpointError(f"{run_dir / META} is not a dot run checkpoint (format "
+                              f"{state.get('format')!r}); pass the backbone's own weights folder")
+    tok = load_tokenizer(cfg.data.tokenizer, digits=cfg.data.get("digit", False))
+    backbone = backbone_class(cfg.backbone.name).from_config(cfg, tok)
+    model = backbone.model.to(device)
+    result = model.load_state_dict(state["model"], strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(f"{run_dir / META} does not match the {cfg.backbone.name} model of "
+                              f"{run_dir}/.hydra/config.yaml: missing {result.missing_keys[:5]}, "
+                              f"unexpected {result.unexpected_keys[:5]}")
+    if use_ema and state.get("ema"):
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, t in state["ema"]["shadow_params"].items():
+                params[name].copy_(t)
+    model.eval()
+    cfg.seq_len = int(state["seq_len"])
+    return backbone, cfg

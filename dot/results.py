@@ -1,0 +1,35 @@
+"""The one results format: jsonl, one line per (example, run).
+
+Required keys: task, task_id, run, question, gold, prediction (generated target text),
+answer (extracted), correct, nfe (network evaluations spent on this example), seconds
+(its share of the batch's wall time). Optional: token_acc, passes, steps, chain.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+REQUIRED = ("task", "task_id", "run", "question", "gold", "prediction", "answer", "correct",
+            "nfe", "seconds")
+
+
+def write_records(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
+    """Write records atomically (a re-run replaces the file; it never appends duplicates)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".part{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for rec in records:
+            missing = [k for k in REQUIRED if k not in rec]
+            if missing:
+                raise KeyError(f"result record lacks {missing}")
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

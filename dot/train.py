@@ -1,0 +1,369 @@
+"""The shared training loop: any backbone, one or many processes, resumable.
+
+One step = one optimizer update on `training.batch_size` rows (the global batch), split into
+`world_size * accum` equal chunks; chunk c = accum_step * world_size + rank. Which data rows
+and which noise a row gets depend only on (seed, step, row), so a run gives the same loss
+curve whatever the number of processes or accumulation steps.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from dot import distributed
+from dot.backbone import Backbone, Batch, backbone_class
+from dot.checkpoint import FORMAT, META, load_checkpoint, save_atomic
+from dot.collate import collate
+from dot.data import load_split
+from dot.ema import EMA
+from dot.evaluate import evaluate, format_summary
+from dot.examples import TokenizedExample, tokenize, training_pair
+from dot.rng import RowRandom, _key
+from dot.tasks import Example, Task, get_task
+from dot.tokenization import load_tokenizer
+
+log = logging.getLogger("dot")
+
+
+def lr_factor(step: int, opt: DictConfig, n_iters: int) -> float:
+    """Multiplier of every group's base lr: zero steps, linear warmup, optional decay."""
+    if step <= opt.zero_lr_steps:
+        return 0.0
+    warm = min(1.0, step / opt.warmup) if opt.warmup > 0 else 1.0
+    progress = min(1.0, max(0.0, (step - opt.warmup) / max(1, n_iters - opt.warmup)))
+    if opt.decay == "linear":
+        return warm * (1.0 - progress)
+    if opt.decay == "cosine":
+        return warm * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if opt.decay != "none":
+        raise ValueError(f"optim.decay={opt.decay!r}: use none, linear or cosine")
+    return warm
+
+
+class GradClipper:
+    """Global-norm clipping to a fixed value, or to a quantile of the last 1000 norms (Plaid).
+
+    The quantile buffer starts at 1e8 like Plaid's, so nothing is clipped until it fills.
+    """
+
+    def __init__(self, max_norm: float | None, quantile: float | None):
+        self.max_norm, self.quantile = max_norm, quantile
+        self.norms = torch.full((1000,), 1e8)
+
+    def __call__(self, params: list[torch.Tensor], step: int) -> float:
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        limit = (torch.quantile(self.norms, self.quantile).item() if self.quantile
+                 else self.max_norm)
+        if self.quantile:
+            self.norms[step % 1000] = norm.item()
+        if limit is not None and norm > limit:
+            for g in grads:
+                g.mul_(limit / (norm + 1e-6))
+        return norm.item()
+
+
+def resolve_seq_len(cfg: DictConfig, examples: list[TokenizedExample]) -> int:
+    """`training.block_size`, or (when null) the longest single-pass row rounded up to 8."""
+    if cfg.training.block_size:
+        return int(cfg.training.block_size)
+    longest = max(len(e.prompt) + len(e.target) + 2 for e in examples)
+    return -(-longest // 8) * 8
+
+
+class Trainer:
+    """Builds data, backbone, optimizer and EMA from a config, then runs or resumes training."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.ctx = distributed.setup(cfg.device)
+        tcfg = cfg.training
+        chunks = self.ctx.world_size * tcfg.accum
+        if tcfg.batch_size % chunks:
+            raise ValueError(f"training.batch_size={tcfg.batch_size} must be divisible by "
+                             f"processes x training.accum = {chunks}")
+        self.micro = tcfg.batch_size // chunks
+        torch.manual_seed(cfg.seed)  # identical initial weights on every process
+
+        self.tokenizer = load_tokenizer(cfg.data.tokenizer, digits=cfg.data.digit)
+        self.task: Task = get_task(cfg.data.task)
+        train, src = load_split(self.task, "train", cfg.data.train, n_train=cfg.data.n_train,
+                                seed=cfg.seed)
+        self.valid, vsrc = load_split(self.task, "valid", cfg.data.valid)
+        self.test, self.test_source = self._test_split()
+        self.info(f"data: train {len(train)} from {src}; valid {len(self.valid)} from {vsrc}; "
+                  f"test {len(self.test)} from {self.test_source}")
+        tok = lambda exs: [tokenize(e, self.task, self.tokenizer, cfg.data.hidden_thought)
+                           for e in exs]
+        self.train_tok, self.valid_tok = tok(train), tok(self.valid)
+        self.seq_len = resolve_seq_len(cfg, self.train_tok + tok(self.test))
+        self.info(f"seq_len {self.seq_len}, vocab {self.tokenizer.vocab_size}")
+
+        self.backbone: Backbone = backbone_class(cfg.backbone.name).from_config(cfg, self.tokenizer)
+        self.model = self.backbone.model.to(self.ctx.device)
+        groups = self.backbone.param_groups()
+        for g in groups:
+            g["base_lr"] = g["lr"]
+        self.params = [p for g in groups for p in g["params"]]
+        self.optimizer = torch.optim.AdamW(groups, betas=(cfg.optim.beta1, cfg.optim.beta2),
+                                           eps=cfg.optim.eps)
+        self.ema = EMA(self.model, tcfg.ema, tcfg.ema_warmup) if tcfg.ema > 0 else None
+        self.clipper = GradClipper(cfg.optim.grad_clip, cfg.optim.clip_quantile)
+        n_params = sum(p.numel() for p in self.model.parameters())
+        self.info(f"backbone {cfg.backbone.name}: {n_params / 1e6:.2f}M parameters on "
+                  f"{self.ctx.device}, {self.ctx.world_size} process(es), micro-batch {self.micro}")
+        self.step = 0
+        self._resume()
+
+    # ------------------------------------------------------------------ helpers
+    def info(self, msg: str) -> None:
+        if self.ctx.is_main:
+            log.info(msg)
+
+    def _test_split(self) -> tuple[list[Example], str]:
+        try:
+            return load_split(self.task, "test", self.cfg.data.test)
+        except FileNotFoundError:
+            examples, src = load_split(self.task, "valid", self.cfg.data.valid)
+            return examples, f"{src} (no test split found; using valid)"
+
+    def _rows(self, step: int) -> list[int]:
+        """Dataset indices of the step's global batch: shuffled epochs, no state to save."""
+        n, bsz = len(self.train_tok), self.cfg.training.batch_size
+        first = (step - 1) * bsz
+        out = []
+        for pos in range(first, first + bsz):
+            epoch = pos // n
+            if getattr(self, "_perm_epoch", None) != epoch:
+                g = torch.Generator().manual_seed(_key(self.cfg.seed, epoch, -2))
+                self._perm, self._perm_epoch = torch.randperm(n, generator=g).tolist(), epoch
+            out.append(self._perm[pos % n])
+        return out
+
+    def make_batch(self, step: int, chunk: int, examples: list[TokenizedExample],
+                   indices: list[int]) -> Batch:
+        rows = range(chunk * self.micro, (chunk + 1) * self.micro)
+        pairs = [training_pair(examples[indices[r]], self.tokenizer,
+                               random.Random(_key(self.cfg.seed, step, r, 7)),
+                               self.cfg.data.multipass, self.cfg.data.glance) for r in rows]
+        ids, fixed, attn = collate(pairs, self.seq_len, self.tokenizer.pad_id)
+        return Batch(ids, fixed, attn, torch.tensor(list(rows)), self.cfg.training.batch_size,
+                     step).to(self.ctx.device)
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.ctx.device.type == "cuda")
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self) -> dict[str, Any]:
+        return {"format": FORMAT, "backbone": self.cfg.backbone.name, "step": self.step,
+                "seq_len": self.seq_len,
+                "model": self.model.state_dict(),
+                "ema": self.ema.state_dict() if self.ema else None,
+                "optimizer": self.optimizer.state_dict(), "clip_norms": self.clipper.norms}
+
+    def save(self, snapshot: bool = False) -> None:
+        if not self.ctx.is_main:
+            return
+        state = self._state()
+        save_atomic(state, self.run_dir / META)
+        if snapshot:
+            save_atomic(state, self.run_dir / "checkpoints" / f"checkpoint_{self.step}.pth")
+
+    def _resume(self) -> None:
+        path = self.run_dir / META
+        if not path.is_file():
+            return
+        state = load_checkpoint(path, self.ctx.device)
+        if state.get("backbone") != self.cfg.backbone.name:
+            raise ValueError(f"{path} holds a {state.get('backbone')!r} run but the config asks for "
+                             f"backbone={self.cfg.backbone.name}; use a new run folder")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema and state["ema"]:
+            self.ema.load_state_dict(state["ema"])
+        self.clipper.norms = state["clip_norms"].cpu()
+        self.step = int(state["step"])
+        self.info(f"resumed from {path} at step {self.step}")
+
+    # ------------------------------------------------------------------ the loop
+    def train_step(self) -> dict[str, float]:
+        self.step += 1
+        indices = self._rows(self.step)
+        self.model.train()
+        total = torch.zeros((), device=self.ctx.device)
+        metrics: dict[str, float] = {}
+        for a in range(self.cfg.training.accum):
+            batch = self.make_batch(self.step, a * self.ctx.world_size + self.ctx.rank,
+                                    self.train_tok, indices)
+            rng = RowRandom(self.cfg.seed, self.step, batch.rows, self.ctx.device)
+            with self._autocast():
+                loss, m = self.backbone.loss(batch, rng)
+            loss.backward()
+            total += loss.detach()
+            for k, v in m.items():
+                metrics[k] = metrics.get(k, 0.0) + float(v) / self.cfg.training.accum
+        distributed.sync_gradients(self.model)
+        distributed.all_reduce_sum_([total])
+        grad_norm = self.clipper(self.params, self.step)
+        factor = lr_factor(self.step, self.cfg.optim, self.cfg.training.n_iters)
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["base_lr"] * factor
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema:
+            self.ema.update(self.model)
+        self.backbone.after_optimizer_step(self.step)
+        metrics.update(loss=total.item(), grad_norm=grad_norm,
+                       lr=self.optimizer.param_groups[0]["lr"])
+        return metrics
+
+    def eval_loss(self, n_batches: int = 4) -> float:
+        """Validation loss with the EMA weights on fixed rows (same for every evaluation)."""
+        total = 0.0
+        with self._weights():
+            self.model.eval()
+            for b in range(n_batches):
+                step = -(b + 1)  # fixed pseudo-steps: the same rows and noise every time
+                g = torch.Generator().manual_seed(_key(self.cfg.seed, step, -3))
+                indices = torch.randint(len(self.valid_tok), (self.cfg.training.batch_size,),
+                                        generator=g).tolist()
+                for a in range(self.cfg.training.accum):
+                    batch = self.make_batch(step, a * self.ctx.world_size + self.ctx.rank,
+                                            self.valid_tok, indices)
+                    with self._autocast():
+                        loss, _ = self.backbone.eval_loss(
+                            batch, RowRandom(self.cfg.seed, step, batch.rows, self.ctx.device))
+                    total += loss.item()
+        t = torch.tensor([total], device=self.ctx.device)
+        distributed.all_reduce_sum_([t])
+        return t.item() / n_batches
+
+    def _weights(self):
+        return self.ema.applied(self.model) if self.ema else nullcontext()
+
+    def decode(self, examples: list[Example], out: Path | None, progress: bool = False,
+               **kwargs: Any) -> dict[str, Any]:
+        """Decode examples with the EMA weights and the configured sampler."""
+        scfg, ecfg = self.cfg.sampling, self.cfg.eval
+        with self._weights():
+            return evaluate(self.backbone, self.task, examples, seq_len=self.seq_len,
+                            steps=kwargs.pop("steps", scfg.steps), out=out,
+                            multipass=self.cfg.data.multipass,
+                            hidden_thought=self.cfg.data.hidden_thought,
+                            max_passes=ecfg.cot_steps, batch_size=ecfg.batch_size,
+                            progress=progress, source_name=self.test_source, **kwargs)
+
+    def run(self) -> dict[str, Any] | None:
+        tcfg = self.cfg.training
+        started = time.perf_counter()
+        first_step = self.step
+        metrics_path = self.run_dir / "logs" / "metrics.csv"
+        self._trim_metrics(metrics_path)
+        bar = tqdm(total=tcfg.n_iters, initial=self.step, desc="train", unit="step",
+                   disable=not self.ctx.is_main, dynamic_ncols=True)
+        window: list[dict[str, float]] = []
+        while self.step < tcfg.n_iters:
+            m = self.train_step()
+            window.append(m)
+            bar.update(1)
+            bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}")
+            is_eval = bool(tcfg.eval_freq) and self.step % tcfg.eval_freq == 0
+            if is_eval or self.step % tcfg.log_freq == 0 or self.step == tcfg.n_iters:
+                row = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+                row["step"], row["seconds"] = self.step, time.perf_counter() - started
+                row["steps_per_s"] = (self.step - first_step) / row["seconds"]
+                window = []
+                if is_eval:
+                    row.update(self.periodic_eval())
+                self._log_metrics(metrics_path, row)
+            if self.step % tcfg.snapshot_freq_for_preemption == 0:
+                self.save()
+            if self.step % tcfg.snapshot_freq == 0:
+                self.save(snapshot=True)
+            if self._out_of_time(started):
+                self.info(f"training.max_minutes={tcfg.max_minutes} reached at step {self.step}")
+                break
+        bar.close()
+        self.save(snapshot=True)
+        return self.final_eval()
+
+    def _out_of_time(self, started: float) -> bool:
+        limit = self.cfg.training.max_minutes
+        flag = torch.tensor([float(limit is not None and
+                                   time.perf_counter() - started > 60 * limit)])
+        distributed.all_reduce_sum_([flag])
+        return flag.item() > 0
+
+    def periodic_eval(self) -> dict[str, float]:
+        out: dict[str, float] = {"eval_loss": self.eval_loss()}
+        if self.ctx.is_main:
+            n = self.cfg.eval.n_examples or len(self.valid)
+            s = self.decode(self.valid[:n], self.run_dir / "samples" / f"step_{self.step}")
+            out.update(valid_acc=s["accuracy"], valid_token_acc=s["token_acc"])
+        return out
+
+    def final_eval(self) -> dict[str, Any] | None:
+        if not self.ctx.is_main:
+            return None
+        n = self.cfg.eval.n_examples
+        examples = self.test[:n] if n else self.test
+        name = f"T{self.cfg.sampling.steps}{'-mp' if self.cfg.data.multipass else ''}"
+        summary = self.decode(examples, self.run_dir / "eval" / name, progress=True)
+        self.info(f"final evaluation on {len(examples)} test examples ({self.test_source}):\n"
+                  + format_summary(summary))
+        return summary
+
+    def _trim_metrics(self, path: Path) -> None:
+        """On resume, drop logged rows past the checkpoint so the curve has no duplicates."""
+        if not (self.ctx.is_main and path.is_file()):
+            return
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
+        self._write_csv(path, rows, rows[0].keys() if rows else [])
+
+    def _log_metrics(self, path: Path, row: dict[str, float]) -> None:
+        if not self.ctx.is_main:
+            return
+        log.info("step %d: %s", self.step, ", ".join(f"{k} {v:.4g}" for k, v in row.items()
+                                                      if k != "step"))
+        rows = []
+        if path.is_file():
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+        fields = list(dict.fromkeys([*(rows[0].keys() if rows else []), *row.keys()]))
+        self._write_csv(path, rows + [row], fields)
+        if self.cfg.wandb.enabled:
+            import wandb
+            wandb.log(row, step=self.step)
+
+    @staticmethod
+    def _write_csv(path: Path, rows: list[dict[str, Any]], fields) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(fields))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any] | None:
+    """Train (or resume) in `run_dir`; returns the final evaluation summary on the main process."""
+    run_dir = Path(run_dir)
+    trainer = Trainer(cfg, run_dir)
+    if trainer.ctx.is_main and cfg.wandb.enabled:
+        import wandb
+        wandb.init(project=cfg.wandb.project, dir=str(run_dir),
+                   config=OmegaConf.to_container(cfg, resolve=True))
+    try:
+        return trainer.run()
+    finally:
+        distributed.teardown()

@@ -1,0 +1,117 @@
+"""Decode a test split with a trained DoT model and score it.
+
+    python evaluation_batch.py                                    # latest run in exp_local/
+    python evaluation_batch.py --weights_path RUN --sampling_timesteps 8
+    python evaluation_batch.py --weights_path RUN --runs 5 --apply_sc       # SC@1..5
+    python evaluation_batch.py --weights_path plaid1b_weights --dataset gsm8k --fix_src --digit \\
+        --dpm_solver --sampling_timesteps 8                       # official Plaid weights
+
+Writes `<run>/eval/<name>.jsonl` (one record per example and run) and `<name>.summary.json`,
+and prints accuracy, SC@k, network evaluations and examples/s.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from dot.checkpoint import CheckpointError, latest_run
+from dot.data import load_split
+from dot.evaluate import evaluate, format_summary
+from dot.loading import load_for_eval
+from dot.tasks import get_task
+
+# Sampler flags -> backbone option names; only flags the user gave are passed on, and a
+# backbone that does not know one rejects it by name.
+SAMPLER_FLAGS = ("predictor", "noise_removal", "score_temp", "dpm_solver", "dpm_order",
+                 "logit_sample", "logit_temp", "official_dpm", "official_grid", "fix_src")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights_path", help="run folder, checkpoint folder or hub id "
+                   "(default: the most recent run under exp_local/)")
+    p.add_argument("--dataset", help="task (default: the run's data.task)")
+    p.add_argument("--split", default="test", choices=["test", "valid"])
+    p.add_argument("--data_path", help="a data file to decode instead of the task's split")
+    p.add_argument("--sampling_timesteps", type=int, help="denoising steps T (default: config)")
+    p.add_argument("--cot", action="store_true", default=None, help="DoT-MP: one thought per pass")
+    p.add_argument("--cot_steps", type=int, help="maximum passes with --cot (default: config, 12)")
+    p.add_argument("--runs", type=int, default=1, help="seeded runs (seed, seed+1, ...)")
+    p.add_argument("--apply_sc", action="store_true", help="report self-consistency over runs")
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--limit", type=int, help="decode only the first N examples")
+    p.add_argument("--seed", type=int, default=2024)
+    p.add_argument("--seq_len", type=int, help="row length (default: the run's)")
+    p.add_argument("--output", help="output path without suffix (default: <run>/eval/<name>)")
+    p.add_argument("--save_chain", action="store_true", help="record every denoising state")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--digit", action="store_true", help="digit-split tokenization (Plaid weights)")
+    p.add_argument("--no_progress", action="store_true")
+    g = p.add_argument_group("sampler (backbone-specific; a flag the backbone lacks is an error)")
+    g.add_argument("--predictor", choices=["euler", "analytic"], help="SEDD predictor")
+    g.add_argument("--noise_removal", action=argparse.BooleanOptionalAction, default=None,
+                   help="SEDD final denoising step")
+    g.add_argument("--score_temp", type=float, help="Plaid score temperature")
+    g.add_argument("--dpm_solver", action="store_true", default=None, help="Plaid DPM-Solver++")
+    g.add_argument("--dpm_order", type=int, choices=[1, 2], help="DPM-Solver++ order")
+    g.add_argument("--logit_sample", action="store_true", default=None, help="Plaid: sample tokens")
+    g.add_argument("--logit_temp", type=float, help="Plaid: temperature of --logit_sample")
+    g.add_argument("--official_dpm", action="store_true", default=None,
+                   help="Plaid: reproduce the official DoT DPM-Solver (bugs included)")
+    g.add_argument("--official_grid", action="store_true", default=None,
+                   help="Plaid: reproduce the official ancestral time grid")
+    g.add_argument("--fix_src", action="store_true", default=None,
+                   help="Plaid: condition on the clean source (always on in our sampler)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    try:
+        weights = args.weights_path or str(latest_run())
+        backbone, cfg = load_for_eval(weights, device, digit=args.digit, dataset=args.dataset)
+    except (CheckpointError, FileNotFoundError, ValueError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    options = {k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k) is not None}
+    unknown = sorted(set(options) - backbone.sample_options)
+    if unknown:
+        print(f"error: --{', --'.join(unknown)} does not apply to the {backbone.name} backbone "
+              f"(it accepts: {', '.join('--' + o for o in sorted(backbone.sample_options)) or 'none'})",
+              file=sys.stderr)
+        return 2
+
+    task = get_task(args.dataset or cfg.data.task)
+    multipass = cfg.data.multipass if args.cot is None else args.cot
+    steps = args.sampling_timesteps or cfg.sampling.steps
+    try:
+        examples, source = load_split(task, args.split, args.data_path or cfg.data.get(args.split))
+    except FileNotFoundError:
+        examples, source = load_split(task, "valid", cfg.data.get("valid"))
+        source += " (no test split found; using valid)"
+    examples = examples[: args.limit] if args.limit else examples
+    name = (f"{args.split}-T{steps}{'-mp' if multipass else ''}"
+            + "".join(f"-{k}{'' if v is True else v}" for k, v in sorted(options.items()))
+            + (f"-runs{args.runs}" if args.runs > 1 else ""))
+    out = Path(args.output) if args.output else Path(weights) / "eval" / name
+    if not Path(weights).is_dir() and not args.output:
+        out = Path("generated_output") / task.name / name
+    print(f"{backbone.name} from {weights}; {len(examples)} examples from {source}; T={steps}")
+    summary = evaluate(backbone, task, examples, seq_len=args.seq_len or cfg.seq_len, steps=steps,
+                       out=out, runs=args.runs, seed=args.seed, multipass=multipass,
+                       hidden_thought=cfg.data.get("hidden_thought", False),
+                       max_passes=args.cot_steps or cfg.eval.get("cot_steps", 12),
+                       batch_size=args.batch_size, record_chain=args.save_chain,
+                       progress=not args.no_progress, source_name=source, **options)
+    print(format_summary(summary))
+    print(f"results: {summary['results']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
