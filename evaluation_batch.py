@@ -25,8 +25,8 @@ from dot.tasks import get_task
 
 # Sampler flags -> backbone option names; only flags the user gave are passed on, and a
 # backbone that does not know one rejects it by name.
-SAMPLER_FLAGS = ("predictor", "noise_removal", "score_temp", "dpm_solver", "dpm_order",
-                 "logit_sample", "logit_temp", "official_dpm", "official_grid", "fix_src")
+SAMPLER_FLAGS = ("predictor", "noise_removal", "score_temp", "dpm_order", "logit_sample",
+                 "logit_temp", "official_dpm", "official_grid")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,11 +51,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--digit", action="store_true", help="digit-split tokenization (Plaid weights)")
     p.add_argument("--no_progress", action="store_true")
     g = p.add_argument_group("sampler (backbone-specific; a flag the backbone lacks is an error)")
-    g.add_argument("--predictor", choices=["euler", "analytic"], help="SEDD predictor")
+    g.add_argument("--predictor", help="SEDD: analytic | euler | confidence; "
+                   "Plaid: ancestral | dpm_solver")
     g.add_argument("--noise_removal", action=argparse.BooleanOptionalAction, default=None,
                    help="SEDD final denoising step")
     g.add_argument("--score_temp", type=float, help="Plaid score temperature")
-    g.add_argument("--dpm_solver", action="store_true", default=None, help="Plaid DPM-Solver++")
+    g.add_argument("--dpm_solver", action="store_true", help="Plaid: DPM-Solver++ "
+                   "(= --predictor dpm_solver)")
     g.add_argument("--dpm_order", type=int, choices=[1, 2], help="DPM-Solver++ order")
     g.add_argument("--logit_sample", action="store_true", default=None, help="Plaid: sample tokens")
     g.add_argument("--logit_temp", type=float, help="Plaid: temperature of --logit_sample")
@@ -63,8 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Plaid: reproduce the official DoT DPM-Solver (bugs included)")
     g.add_argument("--official_grid", action="store_true", default=None,
                    help="Plaid: reproduce the official ancestral time grid")
-    g.add_argument("--fix_src", action="store_true", default=None,
-                   help="Plaid: condition on the clean source (always on in our sampler)")
+    g.add_argument("--fix_src", action="store_true",
+                   help="Plaid: condition on the clean source (always on in our sampler; "
+                   "accepted for the official command lines)")
+    p.add_argument("--tokenizer", help="tokenizer of raw weights (default: owt2 for Plaid, "
+                   "gpt2 for SEDD; run folders name their own)")
     return p.parse_args(argv)
 
 
@@ -74,12 +79,17 @@ def main(argv: list[str] | None = None) -> int:
                           else ("cpu" if args.device == "auto" else args.device))
     try:
         weights = args.weights_path or str(latest_run())
-        backbone, cfg = load_for_eval(weights, device, digit=args.digit, dataset=args.dataset)
+        backbone, cfg = load_for_eval(weights, device, digit=args.digit, dataset=args.dataset,
+                                      tokenizer=args.tokenizer)
     except (CheckpointError, FileNotFoundError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     options = {k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k) is not None}
+    if args.dpm_solver:
+        options["predictor"] = "dpm_solver"
     unknown = sorted(set(options) - backbone.sample_options)
+    if args.fix_src and backbone.name != "plaid":
+        unknown.append("fix_src")
     if unknown:
         print(f"error: --{', --'.join(unknown)} does not apply to the {backbone.name} backbone "
               f"(it accepts: {', '.join('--' + o for o in sorted(backbone.sample_options)) or 'none'})",
@@ -96,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         source += " (no test split found; using valid)"
     examples = examples[: args.limit] if args.limit else examples
     name = (f"{args.split}-T{steps}{'-mp' if multipass else ''}"
-            + "".join(f"-{k}{'' if v is True else v}" for k, v in sorted(options.items()))
+            + "".join(f"-{k}{'' if v is True else '=' + str(v)}" for k, v in sorted(options.items()))
             + (f"-runs{args.runs}" if args.runs > 1 else ""))
     out = Path(args.output) if args.output else Path(weights) / "eval" / name
     if not Path(weights).is_dir() and not args.output:

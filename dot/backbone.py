@@ -84,7 +84,8 @@ class Backbone(abc.ABC):
 
     @classmethod
     def load_pretrained(cls, path: str, device: torch.device, *, digit: bool = False,
-                        dataset: str | None = None) -> tuple["Backbone", Any]:
+                        dataset: str | None = None,
+                        tokenizer: str | None = None) -> tuple["Backbone", Any]:
         """Load the backbone's own weight formats for evaluation.
 
         Returns the backbone in eval mode and a config (see `dot.config.compose_config`) with

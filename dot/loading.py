@@ -32,7 +32,7 @@ def detect_backbone(path: str) -> str:
 
 
 def load_for_eval(path: str, device: torch.device, *, digit: bool = False,
-                  dataset: str | None = None) -> tuple[Backbone, Any]:
+                  dataset: str | None = None, tokenizer: str | None = None) -> tuple[Backbone, Any]:
     """(backbone in eval mode, config with data/sampling/eval/seq_len keys) for `path`."""
     p = Path(path)
     if is_run_dir(p):
@@ -40,4 +40,5 @@ def load_for_eval(path: str, device: torch.device, *, digit: bool = False,
         if state.get("format") == FORMAT:
             return load_run(p, device, state=state)
     name = detect_backbone(path)
-    return backbone_class(name).load_pretrained(path, device, digit=digit, dataset=dataset)
+    return backbone_class(name).load_pretrained(path, device, digit=digit, dataset=dataset,
+                                                tokenizer=tokenizer)

@@ -4,7 +4,10 @@ Every tokenizer has `pad_id`, `sep_id`, `eos_id` and `mask_id`. `mask_id == voca
 the absorbing state of discrete diffusion sits just past the tokenizer's vocabulary, so a model
 over `vocab_size + 1` symbols covers it (SEDD's convention, 50257 for GPT-2).
 
-* `CharTokenizer`: one id per character, no files; for arithmetic tasks.
+* `CharTokenizer`: one id per character, no files; for arithmetic tasks. With
+  `skip_spaces=True` ('symbols') spaces are not tokens and decoding joins symbols with single
+  spaces: lossless up to spacing for the space-separated multiplication format, and half as
+  many positions to diffuse.
 * `JsonTokenizer`: any Hugging Face `tokenizers` JSON file, optionally splitting every digit
   into its own chunk first (Plaid's `--digit` mode); specials from the file's strings.
 * `load_tokenizer('gpt2' | 'owt2' | 'char' | path)`: the presets of the two DoT code bases.
@@ -44,7 +47,8 @@ class CharTokenizer:
 
     specials = ("<pad>", "||", "<eos>", "<unk>")
 
-    def __init__(self) -> None:
+    def __init__(self, skip_spaces: bool = False) -> None:
+        self.skip_spaces = skip_spaces
         chars = [c for c in string.printable if c not in "\t\n\r\x0b\x0c"]
         self.itos = list(self.specials) + chars
         self._stoi = {c: i for i, c in enumerate(chars, start=len(self.specials))}
@@ -53,10 +57,11 @@ class CharTokenizer:
         self.mask_id = self.vocab_size
 
     def encode(self, text: str) -> list[int]:
-        return [self._stoi.get(c, self.unk_id) for c in text]
+        return [self._stoi.get(c, self.unk_id) for c in text if not (self.skip_spaces and c == " ")]
 
     def decode(self, ids: Sequence[int]) -> str:
-        return "".join(self.itos[i] if 0 <= i < self.vocab_size else "<mask>" for i in ids)
+        symbols = [self.itos[i] if 0 <= i < self.vocab_size else "<mask>" for i in ids]
+        return (" " if self.skip_spaces else "").join(symbols)
 
 
 class JsonTokenizer:
@@ -126,9 +131,10 @@ def _gpt2() -> JsonTokenizer:
 
 
 def load_tokenizer(name: str, digits: bool = False) -> Tokenizer:
-    """`char`, `owt2` (Plaid), `gpt2` (SEDD), or a path to a tokenizers JSON file (owt2 specials)."""
-    if name == "char":
-        return CharTokenizer()
+    """`char`, `symbols` (char without spaces), `owt2` (Plaid), `gpt2` (SEDD), or a path to a
+    tokenizers JSON file (owt2 specials)."""
+    if name in ("char", "symbols"):
+        return CharTokenizer(skip_spaces=name == "symbols")
     if name == "gpt2":
         return _gpt2()
     if name == "owt2":
@@ -136,5 +142,5 @@ def load_tokenizer(name: str, digits: bool = False) -> Tokenizer:
         return JsonTokenizer.from_file(path, digits=digits, **OWT2_SPECIALS)
     if Path(name).suffix == ".json":
         return JsonTokenizer.from_file(name, digits=digits, **OWT2_SPECIALS)
-    raise TokenizerError(f"unknown tokenizer {name!r}: use char, owt2, gpt2 or a .json path "
+    raise TokenizerError(f"unknown tokenizer {name!r}: use char, symbols, owt2, gpt2 or a .json path "
                          "(config key data.tokenizer)")

@@ -213,7 +213,11 @@ class Trainer:
             for k, v in m.items():
                 metrics[k] = metrics.get(k, 0.0) + float(v) / self.cfg.training.accum
         distributed.sync_gradients(self.model)
-        distributed.all_reduce_sum_([total])
+        names = sorted(metrics)
+        values = torch.tensor([metrics[k] for k in names] + [total.item()], dtype=torch.float64)
+        distributed.all_reduce_sum_([values])  # metrics: mean over processes; loss: sum
+        metrics = {k: v / self.ctx.world_size for k, v in zip(names, values.tolist())}
+        total = values[-1]
         grad_norm = self.clipper(self.params, self.step)
         factor = lr_factor(self.step, self.cfg.optim, self.cfg.training.n_iters)
         for g in self.optimizer.param_groups:

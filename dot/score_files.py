@@ -1,0 +1,120 @@
+"""Re-score result files: ours (`dot.results`) and the official dot-sedd `{"recover", "source"}`.
+
+Official files are scored with our GSM8K normalisation, which accepts the answers the official
+`cal_acc_gsm.py` always rejects (negative numbers, thousands commas, decimals: its
+`str.isnumeric()` test fails on them); the official strict count is reported beside ours.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dot.scoring import sc_table
+from dot.tasks import get_task
+from dot.tasks.gsm8k import normalise_number
+
+EOS, SEP = "<|endoftext|>", "||"
+
+
+def _official_piece(text: str) -> str | None:
+    """The generated (or gold) target of a dot-sedd row: after EOS+SEP, up to the next EOS."""
+    if EOS + SEP not in text:
+        return None
+    piece = text.split(EOS + SEP, 1)[1]
+    return piece.split(EOS, 1)[0] if EOS in piece else None
+
+
+def _official_answer(piece: str | None, strict: bool) -> str | None:
+    if piece is None:
+        return None
+    answer = piece.strip().rsplit("####", 1)[-1].strip()
+    if strict:
+        return answer if answer and answer.isnumeric() else None
+    return normalise_number(answer) if "####" in piece and answer else None
+
+
+def score_official(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy of a dot-sedd output file: ours, and the official strict rule."""
+    ours = strict = 0
+    for row in rows:
+        gold, pred = (_official_piece(row["source"]), _official_piece(row["recover"]))
+        g, p = _official_answer(gold, False), _official_answer(pred, False)
+        ours += g is not None and g == p
+        gs, ps = _official_answer(gold, True), _official_answer(pred, True)
+        strict += gs is not None and gs == ps
+    n = max(len(rows), 1)
+    return {"format": "dot-sedd", "n": len(rows), "runs": 1, "accuracy": ours / n,
+            "official_accuracy": strict / n, "sc": {}}
+
+
+def score_ours(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy per run and SC@k, re-extracting answers with the current task rules."""
+    runs = max(r["run"] for r in rows) + 1
+    by_example: dict[Any, tuple[str, list[str]]] = {}
+    correct = 0
+    for r in sorted(rows, key=lambda r: r["run"]):
+        answer = get_task(r["task"]).extract_answer(r["prediction"])
+        correct += answer == r["gold"]
+        by_example.setdefault(r["task_id"], (r["gold"], []))[1].append(answer)
+    return {"format": "dot", "n": len(by_example), "runs": runs, "accuracy": correct / len(rows),
+            "official_accuracy": None, "sc": sc_table(by_example.values(), runs) if runs > 1 else {}}
+
+
+def score_file(path: str | Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    if not rows:
+        raise ValueError(f"{path}: no result lines")
+    if "recover" in rows[0] and "source" in rows[0]:
+        return score_official(rows)
+    if "prediction" in rows[0] and "gold" in rows[0]:
+        return score_ours(rows)
+    raise ValueError(f"{path}: neither dot results (prediction, gold, ...) nor dot-sedd output "
+                     f"(recover, source); keys are {sorted(rows[0])}")
+
+
+def files_to_score(directory: Path | None, steps: list[int] | None,
+                   roots: tuple[Path, ...] = (Path("exp_local"), Path("generated_output"))) -> list[Path]:
+    """Files named by the official CLI, or the most recent evaluation output."""
+    if directory is not None:
+        if steps:
+            found = []
+            for k in steps:
+                candidates = [directory / f"step_{k}.jsonl",
+                              *sorted(directory.glob(f"*T{k}.jsonl")), *sorted(directory.glob(f"*T{k}-*.jsonl"))]
+                hit = next((c for c in candidates if c.is_file()), None)
+                if hit is None:
+                    raise FileNotFoundError(f"no step_{k}.jsonl or *T{k}*.jsonl in {directory}")
+                found.append(hit)
+            return found
+        found = sorted(directory.glob("*.jsonl"))
+        if not found:
+            raise FileNotFoundError(f"no .jsonl files in {directory}")
+        return found
+    candidates = [p for root in roots if root.is_dir() for p in root.glob("**/*.jsonl")
+                  if "samples" not in p.parts]
+    if not candidates:
+        raise FileNotFoundError("no evaluation output found under exp_local/ or generated_output/; "
+                                "run evaluation_batch.py or pass --generated_output_path")
+    return [max(candidates, key=lambda p: p.stat().st_mtime)]
+
+
+def report(paths: list[Path]) -> str:
+    """Accuracy per file, and an SC@k table for files with several runs."""
+    scores = {str(p): score_file(p) for p in paths}
+    table = pd.DataFrame({
+        "file": list(scores), "examples": [s["n"] for s in scores.values()],
+        "runs": [s["runs"] for s in scores.values()],
+        "accuracy %": [round(100 * s["accuracy"], 2) for s in scores.values()],
+        "official scorer %": [None if s["official_accuracy"] is None
+                              else round(100 * s["official_accuracy"], 2) for s in scores.values()]})
+    text = table.to_string(index=False)
+    sc = {p: s["sc"] for p, s in scores.items() if s["sc"]}
+    if sc:
+        sc_frame = pd.DataFrame({p: {f"SC@{k}": round(100 * v, 2) for k, v in t.items()}
+                                 for p, t in sc.items()}).T
+        text += "\n\nself-consistency (accuracy % by number of voting runs)\n" + sc_frame.to_string()
+    return text

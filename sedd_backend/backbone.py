@@ -1,0 +1,147 @@
+"""SEDD as a DoT backbone: score-entropy training and conditional PC sampling.
+
+`self.model` is the bare DDiT, so the trainer's checkpoints hold the official state-dict
+layout (spec §1.3) and `load_model` reads them back. The graph and the noise schedule hold no
+trained state.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf, open_dict
+from torch import Tensor, nn
+
+from dot.backbone import Backbone, Batch, SampleResult
+from dot.rng import RowRandom
+from dot.tokenization import Tokenizer
+from sedd_backend.graph import Graph, get_graph
+from sedd_backend.load import load_model
+from sedd_backend.losses import score_entropy_loss
+from sedd_backend.model import DDiT, build_model
+from sedd_backend.noise import Noise, get_noise
+from sedd_backend.sampling import pc_sample
+
+
+class SEDDBackbone(Backbone):
+    name = "sedd"
+    sample_options = frozenset({"predictor", "noise_removal"})
+
+    def __init__(self, cfg: Any, tokenizer: Tokenizer, model: DDiT, graph: Graph, noise: Noise):
+        super().__init__(cfg, tokenizer, model)
+        self.graph, self.noise = graph, noise
+
+    @classmethod
+    def from_config(cls, cfg: Any, tokenizer: Tokenizer) -> "SEDDBackbone":
+        """Random weights for `init: scratch`, else the weights of a hub id or local folder."""
+        tokens = tokenizer.vocab_size
+        if cfg.init == "scratch":
+            graph = get_graph(cfg.graph.type, tokens)
+            model = build_model(cfg.model, cfg.graph.type, tokens)
+            return cls(cfg, tokenizer, model, graph, get_noise(cfg.noise))
+        model, graph, noise = load_model(cfg.init)
+        _check_loaded(cfg, tokens, model, graph, noise)
+        for module in model.modules():  # dropout is a training choice, not part of the weights
+            if isinstance(module, nn.Dropout):
+                module.p = float(cfg.model.dropout)
+        return cls(cfg, tokenizer, model.train(), graph, noise)
+
+    @classmethod
+    def load_pretrained(cls, path: str, device: torch.device, *, digit: bool = False,
+                        dataset: str | None = None,
+                        tokenizer: str | None = None) -> tuple["SEDDBackbone", Any]:
+        """A hub id, hub-layout folder or official dot-sedd run folder, for evaluation.
+
+        These carry no tokenizer name: the vocabulary must be GPT-2's (50257 tokens; `digit`
+        does not apply to GPT-2). Data flags and the row length come from an official run's
+        config when present (`data.multipass`, `data.hidden_thought`, `training.block_size`),
+        else DoT's defaults (single pass, 128); the sampler uses our config's defaults (DoT
+        decodes with the analytic predictor, not the pretraining config's sampling section).
+        """
+        from dot.config import compose_config
+        from dot.tokenization import load_tokenizer
+
+        model, graph, noise = load_model(path, device)
+        tokenizer_name = tokenizer or "gpt2"
+        tokenizer = load_tokenizer(tokenizer_name)
+        tokens = graph.dim - 1 if graph.absorb else graph.dim
+        if tokens != tokenizer.vocab_size:
+            raise ValueError(f"{path}: a model over {tokens} tokens, but tokenizer "
+                             f"{tokenizer_name} has {tokenizer.vocab_size}; pass the tokenizer the "
+                             "weights were trained with (--tokenizer; GPT-2 for louaaron/sedd-*)")
+        run_cfg = Path(path) / ".hydra" / "config.yaml"
+        found = OmegaConf.load(run_cfg) if run_cfg.is_file() else OmegaConf.create()
+        data = found.get("data", {})
+        cfg = compose_config([
+            f"data.tokenizer={tokenizer_name}", f"data.task={dataset or data.get('task', 'gsm8k')}",
+            f"data.multipass={data.get('multipass', False)}",
+            f"data.hidden_thought={data.get('hidden_thought', False)}",
+            f"graph.type={'absorb' if graph.absorb else 'uniform'}",
+            *[f"model.{k}={v}" for k, v in model.arch.items()]])
+        with open_dict(cfg):
+            cfg.init = str(path)
+            cfg.seq_len = int(found.get("training", {}).get("block_size", 128))
+        return cls(cfg, tokenizer, model.eval(), graph, noise), cfg
+
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device  # the official loss reads model.device (bug 1)
+
+    def loss(self, batch: Batch, rng: RowRandom) -> tuple[Tensor, dict[str, float]]:
+        """Sum of the rows' score-entropy losses / global batch size (summed by the trainer)."""
+        batch = batch.to(self._device())
+        loss_B = score_entropy_loss(self.model, self.graph, self.noise, batch.input_ids,
+                                    batch.fixed_mask, rng)
+        loss = loss_B.sum() / batch.global_batch_size
+        return loss, {"loss": loss.item()}
+
+    @torch.no_grad()
+    def sample(self, input_ids: Tensor, fixed_mask: Tensor, steps: int,
+               generator: torch.Generator, record_chain: bool = False,
+               **options: Any) -> SampleResult:
+        """PC sampling with the fixed positions projected back to `input_ids` at every step.
+
+        Options: `predictor` ('analytic' or 'euler') and `noise_removal` (final denoiser);
+        defaults from `cfg.sampling`. `cfg.sampling.skip_finished` stops network calls once no
+        position is masked (identical ids, lower nfe).
+        """
+        unknown = set(options) - self.sample_options
+        if unknown:
+            raise ValueError(f"unknown SEDD sampler options {sorted(unknown)}; "
+                             f"accepted: {sorted(self.sample_options)}")
+        sampling = self.cfg.sampling
+        device = self._device()
+        ids_BL, fixed_BL = input_ids.to(device), fixed_mask.to(device).bool()
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            result = pc_sample(
+                lambda x_BL, sigma_B: self.model(x_BL, sigma_B).exp(), self.graph, self.noise,
+                tuple(ids_BL.shape), steps, generator,
+                predictor=options.get("predictor", sampling.predictor),
+                denoise=bool(options.get("noise_removal", sampling.noise_removal)),
+                project=lambda x_BL: torch.where(fixed_BL, ids_BL, x_BL), device=device,
+                record_chain=record_chain, skip_finished=bool(sampling.get("skip_finished", False)))
+        finally:
+            self.model.train(was_training)
+        back = input_ids.device
+        chain = None if result.chain is None else [x.to(back) for x in result.chain]
+        return SampleResult(result.ids.to(back), result.nfe, chain)
+
+
+def _check_loaded(cfg: Any, tokens: int, model: DDiT, graph: Graph, noise: Noise) -> None:
+    """The loaded weights must agree with the tokenizer and the config they are trained under."""
+    model_tokens = graph.dim - 1 if graph.absorb else graph.dim
+    if model_tokens != tokens:
+        raise ValueError(f"init={cfg.init} has a vocabulary of {model_tokens} tokens but "
+                         f"data.tokenizer={cfg.data.tokenizer} has {tokens}; use the tokenizer the "
+                         "model was trained with (data.tokenizer=gpt2 for louaaron/sedd-*)")
+    wanted = {k: cfg.model[k] for k in model.arch}
+    cfg_noise = get_noise(cfg.noise)
+    same_noise = type(cfg_noise) is type(noise) and vars(cfg_noise) == vars(noise)
+    if wanted != model.arch or (cfg.graph.type == "absorb") != graph.absorb or not same_noise:
+        raise ValueError(f"init={cfg.init} is a {model.arch} model with graph "
+                         f"{type(graph).__name__} and noise {type(noise).__name__}{vars(noise)}, "
+                         f"but the config asks for {wanted}, graph.type={cfg.graph.type}, "
+                         f"noise={dict(cfg.noise)}; select the matching config (e.g. model=small "
+                         "for louaaron/sedd-small)")

@@ -1,0 +1,84 @@
+"""The DoT-MP loop against an oracle backbone that writes the gold next thought."""
+import torch
+
+from dot.backbone import Backbone, SampleResult
+from dot.decoding import generate
+from dot.evaluate import evaluate
+from dot.examples import tokenize
+from dot.tasks import format_example, get_task
+from dot.tokenization import CharTokenizer
+
+TOK = CharTokenizer()
+TASK = get_task("mult2x2")
+EXAMPLES = [TASK.make_example(i, *format_example(a, b, 2, 2).split("||"))
+            for i, (a, b) in enumerate([(12, 34), (56, 78), (90, 11)])]
+
+
+class Oracle(Backbone):
+    """Writes the gold continuation of whatever prefix it gets; logs batch sizes."""
+    name = "oracle"
+
+    def __init__(self, stop_after: int | None = None):
+        super().__init__(None, TOK, torch.nn.Linear(1, 1))
+        self.batch_sizes: list[int] = []
+        self.stop_after = stop_after  # make example 0 never finish (to test max passes)
+
+    @classmethod
+    def from_config(cls, cfg, tokenizer):
+        raise NotImplementedError
+
+    def loss(self, batch, rng):
+        raise NotImplementedError
+
+    def sample(self, input_ids, fixed_mask, steps, generator, record_chain=False, **options):
+        self.batch_sizes.append(len(input_ids))
+        out = input_ids.clone()
+        for row in range(len(out)):
+            n = int(fixed_mask[row].sum())
+            prefix = TOK.decode(out[row, : n - 1].tolist())
+            ex = next(e for e in EXAMPLES if prefix.startswith(e.prompt))
+            done = prefix[len(ex.prompt):]
+            tex = tokenize(ex, TASK, TOK)
+            if ex.task_id == 0 and self.stop_after is not None:
+                new = list(tex.thoughts[0])  # repeats its first thought forever
+            else:
+                k = next(k for k in range(len(ex.thoughts)) if "".join(ex.thoughts[:k]) == done)
+                new = list(tex.thoughts[k]) + ([TOK.eos_id] if k == len(ex.thoughts) - 1 else [])
+            out[row, n: n + len(new)] = torch.tensor(new)
+        return SampleResult(out, nfe=steps, chain=[out.clone()] if record_chain else None)
+
+
+def _prompts():
+    return [list(tokenize(e, TASK, TOK).prompt) for e in EXAMPLES]
+
+
+def test_multipass_rebuilds_prefix_from_ids_and_finishes_each_example():
+    oracle = Oracle()
+    gens = generate(oracle, TASK, _prompts(), seq_len=64, steps=4,
+                    generator=torch.Generator(), multipass=True, max_passes=10)
+    for g, ex in zip(gens, EXAMPLES):
+        assert TOK.decode(g.ids) == "".join(ex.thoughts)
+        assert len(g.thoughts) == len(ex.thoughts) and g.finished and g.stop_reason == "eos"
+        assert g.nfe == 4 * len(ex.thoughts)
+    assert oracle.batch_sizes == [3] * len(EXAMPLES[0].thoughts)
+
+
+def test_finished_examples_leave_the_batch_and_max_passes_is_respected():
+    oracle = Oracle(stop_after=0)
+    gens = generate(oracle, TASK, _prompts(), seq_len=64, steps=2,
+                    generator=torch.Generator(), multipass=True, max_passes=5)
+    n = len(EXAMPLES[1].thoughts)  # 3 thoughts for 2x2
+    assert oracle.batch_sizes == [3] * n + [1] * (5 - n)
+    assert gens[0].stop_reason == "max passes" and not gens[0].finished
+    assert gens[1].finished and gens[1].nfe == 2 * n
+
+
+def test_evaluate_writes_records_and_scores(tmp_path):
+    oracle = Oracle()
+    summary = evaluate(oracle, TASK, EXAMPLES, seq_len=64, steps=3, out=tmp_path / "r",
+                       runs=2, multipass=True, progress=False)
+    assert summary["accuracy"] == 1.0 and summary["sc"] == {1: 1.0, 2: 1.0}
+    assert summary["token_acc"] == 1.0
+    lines = (tmp_path / "r.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * len(EXAMPLES)
+    assert (tmp_path / "r.summary.json").is_file()

@@ -1,0 +1,106 @@
+"""The shared trainer: lr schedule, clipping, EMA, resume and data parallelism."""
+import csv
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import ROOT
+from dot.config import compose_config
+from dot.ema import EMA
+from dot.train import GradClipper, Trainer, lr_factor
+
+TINY = ["data.task=mult2x2", "training.batch_size=8", "training.eval_freq=0",
+        "training.log_freq=1", "eval.n_examples=4", "model.hidden_size=32", "model.n_blocks=2",
+        "model.cond_dim=16", "training.snapshot_freq_for_preemption=3", "device=cpu"]
+
+
+def test_lr_factor_by_hand():
+    opt = OmegaConf.create({"zero_lr_steps": 2, "warmup": 10, "decay": "linear"})
+    assert [lr_factor(s, opt, 110) for s in (1, 2, 3, 5)] == [0.0, 0.0, 0.3, 0.5]
+    assert lr_factor(60, opt, 110) == pytest.approx(0.5)
+    opt.decay = "cosine"
+    assert lr_factor(60, opt, 110) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_grad_clipper_fixed_and_quantile():
+    p = torch.nn.Parameter(torch.zeros(4))
+    p.grad = torch.tensor([3.0, 4.0, 0.0, 0.0])
+    assert GradClipper(1.0, None)([p], 1) == pytest.approx(5.0)
+    assert torch.linalg.vector_norm(p.grad).item() == pytest.approx(1.0, rel=1e-5)
+    clip = GradClipper(None, 0.95)
+    clip.norms[:] = torch.arange(1000, dtype=torch.float)  # quantile 0.95 -> 949.05
+    p.grad = torch.tensor([2000.0, 0, 0, 0])
+    clip([p], 7)
+    assert p.grad[0].item() == pytest.approx(949.05, rel=1e-4) and clip.norms[7] == 2000.0
+
+
+def test_ema_warmup_rule():
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = EMA(model, decay=0.9999)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)  # decay_1 = 2/11
+    assert ema.shadow["weight"].item() == pytest.approx(1 - 2 / 11)
+    with ema.applied(model):
+        assert model.weight.item() == pytest.approx(1 - 2 / 11)
+    assert model.weight.item() == 1.0
+
+
+def _available_backbones():
+    names = ["ar"]
+    for name, module in (("sedd", "sedd_backend.backbone"), ("plaid", "plaid.backbone")):
+        try:
+            __import__(module)
+            names.append(name)
+        except ImportError:
+            pass
+    return names
+
+
+@pytest.mark.parametrize("backbone", _available_backbones())
+def test_resume_continues_with_identical_losses(tmp_path, backbone):
+    cfg = compose_config([f"backbone={backbone}", *TINY, "training.n_iters=6"])
+    full = Trainer(cfg, tmp_path / "full")
+    losses = [full.train_step()["loss"] for _ in range(6)]
+
+    part = Trainer(cfg, tmp_path / "part")
+    for _ in range(3):
+        part.train_step()
+    part.save()
+    del part  # "interrupted" after the step-3 checkpoint
+    resumed = Trainer(cfg, tmp_path / "part")
+    assert resumed.step == 3
+    again = [resumed.train_step()["loss"] for _ in range(3)]
+    assert again == pytest.approx(losses[3:], rel=1e-6, abs=1e-7)
+    assert len(set(losses)) > 1  # the losses really change from step to step
+
+
+def _losses(run_dir: Path) -> list[float]:
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        return [float(r["loss"]) for r in csv.DictReader(f)]
+
+
+def test_two_processes_match_one_process(tmp_path):
+    """torchrun with 2 CPU processes (gloo) gives the loss curve of one process."""
+    backbone = "sedd" if "sedd" in _available_backbones() else "ar"
+    args = [f"backbone={backbone}", *TINY, "training.n_iters=4", "eval.n_examples=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = tmp_path / "one"
+    subprocess.run([sys.executable, "finetune.py", *args, f"hydra.run.dir={one}"], cwd=ROOT,
+                   check=True, env=env, capture_output=True)
+    two = tmp_path / "two"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_port", "29517"]
+    proc = subprocess.run([*torchrun, "finetune.py", *args, f"hydra.run.dir={two}"], cwd=ROOT,
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _losses(two) == pytest.approx(_losses(one), rel=1e-5)
+    assert len(_losses(one)) == 4
