@@ -27,6 +27,8 @@ from dot.tasks import get_task
 # backbone that does not know one rejects it by name.
 SAMPLER_FLAGS = ("predictor", "noise_removal", "score_temp", "dpm_order", "logit_sample",
                  "logit_temp", "official_dpm", "official_grid")
+PLAID_FLAGS = {"score_temp", "dpm_order", "logit_sample", "logit_temp", "official_dpm",
+               "official_grid"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,16 +79,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
+    options = {k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k) is not None}
+    if args.dpm_solver:
+        options["predictor"] = "dpm_solver"
     try:
-        weights = args.weights_path or str(latest_run())
+        # Without --weights_path: the newest run, of Plaid when a Plaid-only flag is given.
+        plaid_only = args.dpm_solver or args.fix_src or bool(PLAID_FLAGS & set(options))
+        weights = args.weights_path or str(latest_run(backbone="plaid" if plaid_only else None))
         backbone, cfg = load_for_eval(weights, device, digit=args.digit, dataset=args.dataset,
                                       tokenizer=args.tokenizer)
     except (CheckpointError, FileNotFoundError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    options = {k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k) is not None}
-    if args.dpm_solver:
-        options["predictor"] = "dpm_solver"
     unknown = sorted(set(options) - backbone.sample_options)
     if args.fix_src and backbone.name != "plaid":
         unknown.append("fix_src")

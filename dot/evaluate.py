@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ def evaluate(backbone: Backbone, task: Task, examples: list[Example], *, seq_len
     backbone.model.eval()
     start = time.perf_counter()
     bar = tqdm(total=runs * len(examples), desc=f"decode T={steps}", disable=not progress,
-               unit="ex")
+               unit="ex", mininterval=0.5 if sys.stderr.isatty() else 30)
     for run in range(runs):
         generator = torch.Generator(device=next(backbone.model.parameters()).device)
         generator.manual_seed(seed + run)

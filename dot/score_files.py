@@ -78,7 +78,8 @@ def score_file(path: str | Path) -> dict[str, Any]:
 
 def files_to_score(directory: Path | None, steps: list[int] | None,
                    roots: tuple[Path, ...] = (Path("exp_local"), Path("generated_output"))) -> list[Path]:
-    """Files named by the official CLI, or the most recent evaluation output."""
+    """Files named by the official CLI, or the most recent evaluation output: every result
+    file in the folder of the newest one (e.g. a run's eval/ folder after a steps sweep)."""
     if directory is not None:
         if steps:
             found = []
@@ -99,7 +100,8 @@ def files_to_score(directory: Path | None, steps: list[int] | None,
     if not candidates:
         raise FileNotFoundError("no evaluation output found under exp_local/ or generated_output/; "
                                 "run evaluation_batch.py or pass --generated_output_path")
-    return [max(candidates, key=lambda p: p.stat().st_mtime)]
+    newest = max(candidates, key=lambda p: p.stat().st_mtime)
+    return sorted(newest.parent.glob("*.jsonl"))
 
 
 def report(paths: list[Path]) -> str:

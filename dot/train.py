@@ -11,6 +11,7 @@ import csv
 import logging
 import math
 import random
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -274,7 +275,8 @@ class Trainer:
         metrics_path = self.run_dir / "logs" / "metrics.csv"
         self._trim_metrics(metrics_path)
         bar = tqdm(total=tcfg.n_iters, initial=self.step, desc="train", unit="step",
-                   disable=not self.ctx.is_main, dynamic_ncols=True)
+                   disable=not self.ctx.is_main, dynamic_ncols=True,
+                   mininterval=0.5 if sys.stderr.isatty() else 30)
         window: list[dict[str, float]] = []
         while self.step < tcfg.n_iters:
             m = self.train_step()

@@ -90,8 +90,12 @@ class SEDDBackbone(Backbone):
     def loss(self, batch: Batch, rng: RowRandom) -> tuple[Tensor, dict[str, float]]:
         """Sum of the rows' score-entropy losses / global batch size (summed by the trainer)."""
         batch = batch.to(self._device())
+        bb = self.cfg.get("backbone", {})
         loss_B = score_entropy_loss(self.model, self.graph, self.noise, batch.input_ids,
-                                    batch.fixed_mask, rng)
+                                    batch.fixed_mask, rng,
+                                    weighting=bb.get("loss_weighting", "elbo"),
+                                    order=bb.get("mask_order", "random"),
+                                    real_BL=batch.attention_mask)
         loss = loss_B.sum() / batch.global_batch_size
         return loss, {"loss": loss.item()}
 

@@ -8,31 +8,73 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch import Tensor
 
-from sedd_backend.graph import Draws, Graph
+from sedd_backend.graph import Draws, Graph, expm1_sigma
 from sedd_backend.noise import Noise
 
 SAMPLING_EPS = 1e-3  # t ~ U[eps, 1): avoids sigma = 0, where the absorbing weight 1/e(sigma) blows up
 
 
+def mask_suffix(x0_BL: Tensor, sigma_B: Tensor, rng: Draws, fixed_BL: Tensor, mask: int,
+                real_BL: Tensor | None = None) -> Tensor:
+    """Ordered absorbing corruption: mask the *last* ~(1 - e^-sigma) of the free positions.
+
+    The expected number of masks matches the independent corruption, but the clean positions
+    always form a prefix (stochastic rounding with one uniform per row). A model trained on it
+    is decoded left to right (`predictor=left_to_right`): DoT's thoughts are then written in
+    reading order, which for least-significant-digit-first arithmetic is the order of carries.
+    With `real_BL` (False on padding) the suffix is counted over the real target tokens and
+    padding is always masked, so short targets in long rows are not mostly left clean.
+    """
+    free_BL = ~fixed_BL if real_BL is None else ~fixed_BL & real_BL
+    n_B = free_BL.sum(1)
+    keep_B = torch.floor(n_B * torch.exp(-sigma_B) + rng.rand().to(x0_BL.device)).clamp(max=n_B)
+    rank_BL = free_BL.cumsum(1) - 1  # 0, 1, ... over the free positions
+    masked_BL = free_BL & (rank_BL >= keep_B[:, None])
+    if real_BL is not None:
+        masked_BL |= ~fixed_BL & ~real_BL
+    return torch.where(masked_BL, mask, x0_BL)
+
+
 def score_entropy_loss(model: Callable[[Tensor, Tensor], Tensor], graph: Graph, noise: Noise,
                        x0_BL: Tensor, fixed_BL: Tensor, rng: Draws,
-                       sampling_eps: float = SAMPLING_EPS) -> Tensor:
+                       sampling_eps: float = SAMPLING_EPS, weighting: str = "elbo",
+                       order: str = "random", real_BL: Tensor | None = None) -> Tensor:
     """Per-row loss [B]: sum over positions of sigma'(t) * score entropy at a random t.
 
     `fixed_BL` is True on the conditioning source (DoT's input_mask == 0). Random numbers come
     from `rng` (per-row draws), so a row's noise does not depend on how the batch is split.
+
+    Options beyond SEDD (absorbing graph; defaults reproduce the official objective):
+    * `weighting='flat'` multiplies a row by e(sigma)/sigma' (= t for the log-linear schedule),
+      turning the ELBO's 1/t-weighted cross-entropy into a plain mean over masked tokens
+      (MaskGIT-style); lower gradient variance, not a likelihood bound.
+    * `order='left_to_right'` masks a suffix of the real target tokens and all padding
+      (`mask_suffix`; `real_BL` is the attention mask).
     """
+    if (weighting != "elbo" or order != "random") and not graph.absorb:
+        raise ValueError("loss weighting / mask order options need the absorbing graph")
     # 1. a time per row, away from 0
     t_B = (1 - sampling_eps) * rng.rand().to(x0_BL.device) + sampling_eps
     # 2. total noise and its rate
     sigma_B, dsigma_B = noise(t_B)
     # 3. corrupt the target, keep the source clean
-    xt_BL = graph.sample_transition(x0_BL, sigma_B, rng, fixed_BL)
+    if order == "left_to_right":
+        xt_BL = mask_suffix(x0_BL, sigma_B, rng, fixed_BL, graph.dim - 1, real_BL)
+    elif order == "random":
+        xt_BL = graph.sample_transition(x0_BL, sigma_B, rng, fixed_BL)
+    else:
+        raise ValueError(f"unknown mask order {order!r}: use random or left_to_right")
     # 4. log-scores of the noisy sequence
     log_score_BLV = model(xt_BL, sigma_B)
     # 5. score entropy on the non-fixed positions, weighted by sigma'(t), summed over positions
     se_BL = graph.score_entropy(log_score_BLV, sigma_B, xt_BL, x0_BL)
     se_BL = se_BL.masked_fill(fixed_BL, 0.0)
-    return (dsigma_B[:, None] * se_BL).sum(-1)
+    loss_B = (dsigma_B[:, None] * se_BL).sum(-1)
+    if weighting == "flat":
+        return loss_B * expm1_sigma(sigma_B) / dsigma_B
+    if weighting != "elbo":
+        raise ValueError(f"unknown loss weighting {weighting!r}: use elbo or flat")
+    return loss_B

@@ -92,6 +92,10 @@ class ConfidencePredictor(Predictor):
     scores (the generator is unused).
     """
 
+    def priority(self, confidence_BL: Tensor) -> Tensor:
+        """Which masked positions to reveal first (highest first)."""
+        return confidence_BL
+
     def probs(self, score_fn: ScoreFn, x_BL: Tensor, t_B: Tensor, dt: float) -> Tensor:
         if not self.graph.absorb:
             raise ValueError("the confidence predictor needs the absorbing graph (graph.type=absorb)")
@@ -102,14 +106,23 @@ class ConfidencePredictor(Predictor):
         masked_BL = x_BL == self.graph.dim - 1
         n_masked_B = masked_BL.sum(1)
         n_reveal_B = n_masked_B - torch.round(n_masked_B * stay_B.clamp(0, 1)).long()
-        confidence_BL = confidence_BL.masked_fill(~masked_BL, -1.0)
-        rank_BL = confidence_BL.argsort(1, descending=True).argsort(1)
+        priority_BL = self.priority(confidence_BL).masked_fill(~masked_BL, -float("inf"))
+        rank_BL = priority_BL.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
         reveal_BL = masked_BL & (rank_BL < n_reveal_B[:, None])
         return F.one_hot(torch.where(reveal_BL, token_BL, x_BL), self.graph.dim).float()
 
 
+class LeftToRightPredictor(ConfidencePredictor):
+    """Reveal masked positions in reading order (the decoder of `order=left_to_right` training)."""
+
+    def priority(self, confidence_BL: Tensor) -> Tensor:
+        return -torch.arange(confidence_BL.shape[1], device=confidence_BL.device,
+                             dtype=confidence_BL.dtype).expand_as(confidence_BL)
+
+
 PREDICTORS: dict[str, type[Predictor]] = {"euler": EulerPredictor, "analytic": AnalyticPredictor,
-                                          "confidence": ConfidencePredictor}
+                                          "confidence": ConfidencePredictor,
+                                          "left_to_right": LeftToRightPredictor}
 
 
 def get_predictor(name: str, graph: Graph, noise: Noise) -> Predictor:

@@ -84,3 +84,44 @@ def test_row_noise_independent_of_batch_split():
     halves = [score_entropy_loss(FixedLogits(logits[s]), graph, LogLinearNoise(), x0[s], fixed[s],
                                  RowRandom(9, 3, torch.arange(4)[s])) for s in (slice(0, 2), slice(2, 4))]
     assert torch.allclose(whole, torch.cat(halves))
+
+
+def test_flat_weighting_is_the_elbo_times_t():
+    """For the log-linear schedule e(sigma)/sigma' = t: flat = t * ELBO row by row."""
+    graph, x0, fixed, logits = setup("absorb", B=4)
+    rng = lambda: RowRandom(3, 1, torch.arange(4))
+    elbo = score_entropy_loss(FixedLogits(logits), graph, LogLinearNoise(), x0, fixed, rng())
+    flat = score_entropy_loss(FixedLogits(logits), graph, LogLinearNoise(), x0, fixed, rng(),
+                              weighting="flat")
+    t = (1 - 1e-3) * RowRandom(3, 1, torch.arange(4)).rand() + 1e-3  # the loss's first draw
+    assert torch.allclose(flat, elbo * t, rtol=1e-5)
+
+
+def test_left_to_right_order_masks_a_suffix_of_the_free_positions():
+    from sedd_backend.losses import mask_suffix
+
+    B, L = 200, 12
+    x0 = torch.randint(0, N, (B, L))
+    fixed = torch.zeros(B, L, dtype=torch.bool)
+    fixed[:, :3] = True
+    sigma = torch.full((B,), -math.log(0.5))  # half of the 9 free positions masked on average
+    xt = mask_suffix(x0, sigma, RowRandom(0, 0, torch.arange(B)), fixed, N)
+    masked = xt == N
+    assert not masked[:, :3].any()
+    # once masked, every later position is masked too (a suffix)
+    assert (masked[:, 3:].int().diff(dim=1) >= 0).all()
+    assert masked.sum(1).float().mean().item() == pytest.approx(4.5, abs=0.3)
+    assert torch.equal(xt[~masked], x0[~masked])
+
+
+def test_left_to_right_counts_real_tokens_and_always_masks_padding():
+    from sedd_backend.losses import mask_suffix
+
+    x0 = torch.arange(10).expand(50, 10)
+    fixed = torch.zeros(50, 10, dtype=torch.bool)
+    fixed[:, :2] = True
+    real = torch.zeros(50, 10, dtype=torch.bool)
+    real[:, :6] = True  # 4 target tokens, then 4 padding slots
+    sigma = torch.full((50,), 1e-6)  # almost nothing to mask
+    xt = mask_suffix(x0, sigma, RowRandom(0, 0, torch.arange(50)), fixed, N, real)
+    assert (xt[:, 6:] == N).all() and (xt[:, :6] == x0[:, :6]).all()

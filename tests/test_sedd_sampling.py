@@ -95,3 +95,29 @@ def test_backbone_rejects_unknown_option():
     with pytest.raises(ValueError, match="unknown SEDD sampler options"):
         bb.sample(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.bool), 2,
                   torch.Generator(), temperature=0.5)
+
+
+def test_confidence_and_left_to_right_reveal_order():
+    """One step from all-masked: confidence reveals the most peaked positions, left_to_right
+    the first ones; both write the argmax token and keep everything else masked."""
+    from sedd_backend.graph import get_graph
+    from sedd_backend.noise import LogLinearNoise
+    from sedd_backend.sampling import ConfidencePredictor, LeftToRightPredictor
+
+    V = 5
+    graph, noise = get_graph("absorb", V), LogLinearNoise()
+    peak = torch.tensor([1.0, 4.0, 0.5, 3.0])  # position 1 most confident, then 3
+    best = torch.tensor([2, 0, 4, 1])
+
+    def score_fn(x_BL, sigma_B):
+        log = torch.zeros(1, 4, V + 1)
+        log[0, torch.arange(4), best] = peak
+        return log.exp()
+
+    x = torch.full((1, 4), V)
+    t = torch.tensor([1.0])
+    dt = 0.5  # loglinear: half of the 4 masked positions are revealed
+    conf = ConfidencePredictor(graph, noise).probs(score_fn, x, t, dt).argmax(-1)
+    assert conf.tolist() == [[V, 0, V, 1]]
+    ltr = LeftToRightPredictor(graph, noise).probs(score_fn, x, t, dt).argmax(-1)
+    assert ltr.tolist() == [[2, 0, V, V]]

@@ -1,0 +1,284 @@
+"""Figures from run folders and evaluation summaries (matplotlib, Agg backend: no display needed).
+
+    python -m dot.plots loss RUN --out loss.png
+    python -m dot.plots steps RUN/eval/*.summary.json --out acc_vs_T.png
+    python -m dot.plots sc RUN/eval/test-T64-runs5.summary.json --out sc.png
+    python -m dot.plots speed --dot SEDD/eval/*.summary.json --ar AR/eval/*.summary.json --out speed.png
+    python -m dot.plots time DoT=RUN_A AR=RUN_B --out time_to_acc.png
+
+Inputs are what the project already writes: `<run>/logs/metrics.csv` (dot.train: step, loss,
+lr, grad_norm, steps_per_s, seconds; eval_loss, valid_acc, valid_token_acc on eval steps) and
+`<out>.summary.json` (dot.evaluate: steps, accuracy, nfe_per_example, examples_per_s, sc,
+multipass). Every function takes paths or already-loaded dicts and returns the PNG path.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+Summary = Mapping[str, Any]
+
+
+# ---------------------------------------------------------------------------------- readers
+def read_metrics(run_dir: str | Path) -> dict[str, list[tuple[float, float]]]:
+    """column -> [(step, value)] from `<run>/logs/metrics.csv`, skipping blank cells.
+
+    Columns appear only on some rows (eval_loss, valid_acc on eval steps), so each keeps its
+    own step list.
+    """
+    path = Path(run_dir) / "logs" / "metrics.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a finetune.py run folder?")
+    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            step = float(row["step"])
+            for key, value in row.items():
+                if key != "step" and value not in ("", None):
+                    try:
+                        series[key].append((step, float(value)))
+                    except ValueError:
+                        pass
+    return dict(series)
+
+
+def load_summary(summary: str | Path | Summary) -> dict[str, Any]:
+    """A summary dict, read from `*.summary.json` when given a path (remembering the path)."""
+    if isinstance(summary, Mapping):
+        return dict(summary)
+    data = json.loads(Path(summary).read_text())
+    data.setdefault("path", str(summary))
+    return data
+
+
+def _xy(points: Sequence[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _save(fig: plt.Figure, out_png: str | Path) -> Path:
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+# ---------------------------------------------------------------------------------- figures
+def loss_curve(run_dir: str | Path, out_png: str | Path) -> Path:
+    """Training loss and eval_loss vs step; valid_acc on a second axis when it was logged."""
+    m = read_metrics(run_dir)
+    if "loss" not in m:
+        raise ValueError(f"{run_dir}: metrics.csv has no loss column")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(*_xy(m["loss"]), label="train loss", color="tab:blue")
+    if "eval_loss" in m:
+        ax.plot(*_xy(m["eval_loss"]), "o-", label="eval loss", color="tab:orange", ms=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    handles, labels = ax.get_legend_handles_labels()
+    if "valid_acc" in m:
+        ax2 = ax.twinx()
+        ax2.plot(*_xy(m["valid_acc"]), "s--", color="tab:green", label="valid acc", ms=3)
+        ax2.set_ylabel("validation accuracy")
+        ax2.set_ylim(0, 1)
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, loc="best")
+    ax.set_title(Path(run_dir).name)
+    return _save(fig, out_png)
+
+
+def series_label(s: Summary) -> str:
+    """How a summary's curve is named: DoT or DoT-MP plus its sampler options."""
+    if "label" in s:
+        return str(s["label"])
+    opts = ", ".join(f"{k}={v}" for k, v in sorted((s.get("options") or {}).items()))
+    return ("DoT-MP" if s.get("multipass") else "DoT") + (f" ({opts})" if opts else "")
+
+
+def accuracy_vs_steps(summaries: Iterable[str | Path | Summary], out_png: str | Path) -> Path:
+    """Accuracy vs sampling steps T (log2 axis), one line per series; NFE/example annotated."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for s in map(load_summary, summaries):
+        groups[series_label(s)].append(s)
+    if not groups:
+        raise ValueError("accuracy_vs_steps: no summaries given")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, items in sorted(groups.items()):
+        items.sort(key=lambda s: s["steps"])
+        xs = [s["steps"] for s in items]
+        ys = [100 * s["accuracy"] for s in items]
+        err = [100 * s.get("accuracy_std", 0.0) for s in items]
+        ax.errorbar(xs, ys, yerr=err if any(err) else None, marker="o", capsize=3, label=label)
+        for s, x, y in zip(items, xs, ys):
+            if "nfe_per_example" in s:
+                ax.annotate(f"{s['nfe_per_example']:.0f}", (x, y), textcoords="offset points",
+                            xytext=(0, 6), ha="center", fontsize=7, color="grey")
+    ax.set_xscale("log", base=2)
+    ticks = sorted({s["steps"] for items in groups.values() for s in items})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("sampling steps T  (grey: NFE per example)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, out_png)
+
+
+def sc_curve(summary: str | Path | Summary, out_png: str | Path) -> Path:
+    """Self-consistency: SC@k vs the number of voting runs k, against mean single-run accuracy."""
+    s = load_summary(summary)
+    sc = {int(k): float(v) for k, v in (s.get("sc") or {}).items()}
+    if not sc:
+        raise ValueError("the summary has no SC@k (evaluate with --runs K > 1)")
+    ks = sorted(sc)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(ks, [100 * sc[k] for k in ks], "o-", label="SC@k")
+    ax.axhline(100 * s["accuracy"], color="grey", ls="--", label="mean single run")
+    ax.set_xlabel("runs voting (k)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_xticks(ks)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"self-consistency, T={s.get('steps', '?')}")
+    return _save(fig, out_png)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One model + sampler setting on the speed/accuracy plane."""
+
+    label: str
+    accuracy: float  # 0..1
+    examples_per_s: float
+    family: str = "DoT"  # DoT | AR (colour and marker)
+
+    @classmethod
+    def from_summary(cls, summary: str | Path | Summary, family: str = "DoT",
+                     label: str | None = None) -> "Point":
+        s = load_summary(summary)
+        if label is None:
+            label = "AR" if family == "AR" else \
+                f"T={s['steps']}{' MP' if s.get('multipass') else ''}"
+        return cls(label, float(s["accuracy"]), float(s["examples_per_s"]), family)
+
+
+def speed_accuracy(points: Iterable[Point | Mapping[str, Any]], out_png: str | Path) -> Path:
+    """Throughput (examples/s, log axis) vs accuracy: DoT's T trades speed for accuracy, AR
+    sits at one point."""
+    pts = [p if isinstance(p, Point) else Point(**p) for p in points]
+    if not pts:
+        raise ValueError("speed_accuracy: no points given")
+    style = {"DoT": ("tab:blue", "o"), "AR": ("tab:red", "s")}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for family in dict.fromkeys(p.family for p in pts):
+        fam = [p for p in pts if p.family == family]
+        color, marker = style.get(family, ("tab:grey", "^"))
+        ax.scatter([p.examples_per_s for p in fam], [100 * p.accuracy for p in fam],
+                   c=color, marker=marker, label=family, zorder=3)
+        for p in fam:
+            ax.annotate(p.label, (p.examples_per_s, 100 * p.accuracy), fontsize=8,
+                        textcoords="offset points", xytext=(4, 4))
+    if max(p.examples_per_s for p in pts) / max(min(p.examples_per_s for p in pts), 1e-12) > 10:
+        ax.set_xscale("log")
+    ax.set_xlabel("throughput (examples / s)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, out_png)
+
+
+def time_to_accuracy(runs: Mapping[str, str | Path] | Sequence[str | Path],
+                     out_png: str | Path) -> Path:
+    """valid_acc vs wall-clock training seconds for several runs (e.g. DoT vs AR).
+
+    `seconds` is logged on every row, valid_acc on eval rows; they are joined on step.
+    """
+    named = dict(runs) if isinstance(runs, Mapping) else {Path(r).name: r for r in runs}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    plotted = 0
+    for label, run in named.items():
+        m = read_metrics(run)
+        seconds = dict(m.get("seconds", []))
+        pts = [(seconds[step], acc) for step, acc in m.get("valid_acc", []) if step in seconds]
+        if not pts:
+            print(f"warning: {run} logged no valid_acc (training.eval_freq=0?)", file=sys.stderr)
+            continue
+        ax.plot([t / 60 for t, _ in pts], [100 * a for _, a in pts], "o-", ms=3, label=label)
+        plotted += 1
+    if not plotted:
+        plt.close(fig)
+        raise ValueError("time_to_accuracy: no run has valid_acc in its metrics.csv")
+    ax.set_xlabel("training wall time (minutes)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, out_png)
+
+
+# ---------------------------------------------------------------------------------- CLI
+def _named(items: Sequence[str]) -> dict[str, str]:
+    """LABEL=PATH (or PATH, labelled by its folder name)."""
+    out = {}
+    for item in items:
+        label, sep, path = item.partition("=")
+        out[label if sep else Path(item).name] = path if sep else item
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dot.plots", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("loss", help="loss / eval_loss / valid_acc vs step of a run")
+    a.add_argument("run")
+    b = sub.add_parser("steps", help="accuracy vs sampling steps T from summaries")
+    b.add_argument("summaries", nargs="+")
+    c = sub.add_parser("sc", help="SC@k of a multi-run summary")
+    c.add_argument("summary")
+    d = sub.add_parser("speed", help="examples/s vs accuracy, DoT vs AR")
+    d.add_argument("--dot", nargs="*", default=[], help="DoT summaries (one point each)")
+    d.add_argument("--ar", nargs="*", default=[], help="AR summaries")
+    e = sub.add_parser("time", help="valid_acc vs training wall time of several runs")
+    e.add_argument("runs", nargs="+", help="LABEL=RUN or RUN")
+    for s in (a, b, c, d, e):
+        s.add_argument("--out", required=True, help="output PNG")
+    args = p.parse_args(argv)
+    try:
+        if args.command == "loss":
+            out = loss_curve(args.run, args.out)
+        elif args.command == "steps":
+            out = accuracy_vs_steps(args.summaries, args.out)
+        elif args.command == "sc":
+            out = sc_curve(args.summary, args.out)
+        elif args.command == "speed":
+            pts = [Point.from_summary(s, "DoT") for s in args.dot] + \
+                  [Point.from_summary(s, "AR") for s in args.ar]
+            out = speed_accuracy(pts, args.out)
+        else:
+            out = time_to_accuracy(_named(args.runs), args.out)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Training recipes: `bash run_train.sh RECIPE [extra Hydra overrides]`.
+# CPU recipes train from scratch in minutes; the paper recipes fine-tune the released weights
+# on GPUs (launch them with `torchrun --nproc_per_node N finetune.py ...` for several GPUs).
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python}
+[ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=.venv/bin/python
+recipe=${1:-cpu-default}
+shift || true
+
+case "$recipe" in
+  # --- CPU, from scratch (see README "Results") -------------------------------------------
+  cpu-default)    $PY finetune.py "$@" ;;                               # the built-in default
+  cpu-default-mp) $PY finetune.py data.multipass=True "$@" ;;
+  cpu-4x4)        $PY finetune.py experiment=cpu_4x4 "$@" ;;             # DoT-MP on 4x4
+  cpu-4x4-sp)     $PY finetune.py experiment=cpu_4x4 data.multipass=False "$@" ;;
+  cpu-4x4-ar)     $PY finetune.py experiment=cpu_4x4 backbone=ar "$@" ;; # AR baseline
+  # --- Plaid-1B, DoT paper (HKUNLP/diffusion-of-thoughts run_train.sh), 8 GPUs x 16 --------
+  plaid-gsm8k)    $PY finetune.py backbone=plaid model=plaid1b init=${PLAID_WEIGHTS:-plaid1b_weights} \
+                    data.task=gsm8k data.tokenizer=owt2 data.digit=True training.block_size=256 \
+                    training.batch_size=128 training.n_iters=120000 "$@" ;;
+  plaid-gsm8k-ss) bash "$0" plaid-gsm8k backbone.min_prob=0.95 "$@" ;;    # scheduled sampling
+  plaid-gsm8k-mp) bash "$0" plaid-gsm8k data.multipass=True training.n_iters=31000 "$@" ;;
+  # Official glance: p=0.1 for the first 2 rows of each 16-row batch = 0.0125 per row.
+  plaid-gsm8k-mp-glance) bash "$0" plaid-gsm8k-mp data.glance=0.0125 "$@" ;;
+  # --- SEDD, DoT paper (dot-sedd branch), 4 GPUs x 64 ------------------------------------
+  sedd-gsm8k)     $PY finetune.py backbone=sedd model=small init=louaaron/sedd-small \
+                    data.task=gsm8k data.tokenizer=gpt2 training.block_size=128 \
+                    training.batch_size=256 training.n_iters=120000 training.eval_freq=100 \
+                    training.snapshot_freq=60000 training.snapshot_freq_for_preemption=10000 \
+                    optim.warmup=2500 "$@" ;;
+  sedd-gsm8k-mp)  bash "$0" sedd-gsm8k data.multipass=True "$@" ;;
+  sedd-medium-gsm8k) bash "$0" sedd-gsm8k model=medium init=louaaron/sedd-medium "$@" ;;
+  *) echo "unknown recipe '$recipe'; see the case list in $0" >&2; exit 2 ;;
+esac

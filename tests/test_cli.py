@@ -1,0 +1,70 @@
+"""The user-facing commands on a tiny run folder: evaluation_batch.py, cal_acc_gsm.py, run_eval.sh."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import cal_acc_gsm
+import evaluation_batch
+from conftest import ROOT
+from dot.config import compose_config
+from dot.train import Trainer
+
+TINY = ["data.task=mult2x2", "data.tokenizer=symbols", "training.batch_size=8",
+        "training.eval_freq=0", "model.hidden_size=32", "model.n_blocks=1", "model.cond_dim=16",
+        "device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two run folders under <tmp>/exp_local: a SEDD one, then (newer) an AR one."""
+    root = tmp_path_factory.mktemp("work")
+    made = {}
+    for name in ("sedd", "ar"):
+        run = root / "exp_local" / "mult2x2" / f"run_{name}"
+        trainer = Trainer(compose_config([f"backbone={name}", *TINY]), run)
+        trainer.train_step()
+        trainer.save()
+        (run / ".hydra").mkdir(parents=True)
+        from omegaconf import OmegaConf
+        OmegaConf.save(trainer.cfg, run / ".hydra" / "config.yaml")
+        made[name] = run
+    return root, made
+
+
+def test_evaluation_batch_writes_results_and_summary(runs, capsys):
+    _, made = runs
+    out = made["sedd"] / "eval" / "custom"
+    code = evaluation_batch.main(["--weights_path", str(made["sedd"]), "--limit", "6",
+                                  "--sampling_timesteps", "2", "--runs", "2", "--apply_sc",
+                                  "--output", str(out), "--no_progress"])
+    assert code == 0
+    records = [json.loads(l) for l in out.with_suffix(".jsonl").read_text().splitlines()]
+    assert len(records) == 12 and {r["run"] for r in records} == {0, 1}
+    assert all(r["nfe"] == 3 for r in records)  # 2 steps + the final denoiser
+    summary = json.loads(out.with_suffix(".summary.json").read_text())
+    assert set(summary["sc"]) == {"1", "2"}
+    assert "SC@k" in capsys.readouterr().out
+
+
+def test_backbone_specific_flags_are_rejected_by_name(runs, capsys):
+    _, made = runs
+    assert evaluation_batch.main(["--weights_path", str(made["sedd"]), "--score_temp", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "--score_temp does not apply to the sedd backbone" in err
+
+
+def test_defaults_use_the_newest_run_and_cal_acc_scores_it(runs, capsys, monkeypatch):
+    root, made = runs
+    monkeypatch.chdir(root)
+    os.utime(made["ar"] / "checkpoints-meta" / "checkpoint.pth")  # the newest run
+    assert evaluation_batch.main(["--limit", "4", "--no_progress"]) == 0
+    assert "ar from" in capsys.readouterr().out
+    assert (made["ar"] / "eval" / "test-T1.jsonl").is_file()
+    assert cal_acc_gsm.main([]) == 0
+    assert "test-T1.jsonl" in capsys.readouterr().out
+    # A Plaid-only flag asks for the newest Plaid run, and there is none.
+    assert evaluation_batch.main(["--dpm_solver"]) == 2
+    assert "no run folder" in capsys.readouterr().err
