@@ -19,7 +19,7 @@ case "$recipe" in
   # --- Plaid-1B, DoT paper (HKUNLP/diffusion-of-thoughts run_train.sh), 8 GPUs x 16 --------
   plaid-gsm8k)    $PY finetune.py backbone=plaid model=plaid1b init=${PLAID_WEIGHTS:-plaid1b_weights} \
                     data.task=gsm8k data.tokenizer=owt2 data.digit=True training.block_size=256 \
-                    training.batch_size=128 training.n_iters=120000 "$@" ;;
+                    training.batch_size=128 training.n_iters=120000 training.max_minutes=null "$@" ;;
   plaid-gsm8k-ss) bash "$0" plaid-gsm8k backbone.min_prob=0.95 "$@" ;;    # scheduled sampling
   plaid-gsm8k-mp) bash "$0" plaid-gsm8k data.multipass=True training.n_iters=31000 "$@" ;;
   # Official glance: p=0.1 for the first 2 rows of each 16-row batch = 0.0125 per row.
@@ -29,7 +29,8 @@ case "$recipe" in
                     data.task=gsm8k data.tokenizer=gpt2 training.block_size=128 \
                     training.batch_size=256 training.n_iters=120000 training.eval_freq=100 \
                     training.snapshot_freq=60000 training.snapshot_freq_for_preemption=10000 \
-                    optim.warmup=2500 "$@" ;;
+                    optim.lr=3e-4 optim.warmup=2500 optim.decay=none training.ema=0.9999 \
+                    training.max_minutes=null sampling.predictor=analytic "$@" ;;
   sedd-gsm8k-mp)  bash "$0" sedd-gsm8k data.multipass=True "$@" ;;
   sedd-medium-gsm8k) bash "$0" sedd-gsm8k model=medium init=louaaron/sedd-medium "$@" ;;
   *) echo "unknown recipe '$recipe'; see the case list in $0" >&2; exit 2 ;;

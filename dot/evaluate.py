@@ -62,7 +62,8 @@ def evaluate(backbone: Backbone, task: Task, examples: list[Example], *, seq_len
                     rec["chain"] = g.chain
                 records.append(rec)
             bar.update(len(batch))
-            bar.set_postfix(acc=f"{sum(r['correct'] for r in records) / len(records):.3f}")
+            bar.set_postfix(acc=f"{sum(r['correct'] for r in records) / len(records):.3f}",
+                            refresh=False)
     bar.close()
     elapsed = time.perf_counter() - start
     summary = summarise(records, runs)

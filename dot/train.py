@@ -104,8 +104,9 @@ class Trainer:
         self.test, self.test_source = self._test_split()
         self.info(f"data: train {len(train)} from {src}; valid {len(self.valid)} from {vsrc}; "
                   f"test {len(self.test)} from {self.test_source}")
-        tok = lambda exs: [tokenize(e, self.task, self.tokenizer, cfg.data.hidden_thought)
-                           for e in exs]
+        def tok(examples: list[Example]) -> list[TokenizedExample]:
+            return [tokenize(e, self.task, self.tokenizer, cfg.data.hidden_thought) for e in examples]
+
         self.train_tok, self.valid_tok = tok(train), tok(self.valid)
         self.seq_len = resolve_seq_len(cfg, self.train_tok + tok(self.test))
         self.info(f"seq_len {self.seq_len}, vocab {self.tokenizer.vocab_size}")
@@ -282,7 +283,7 @@ class Trainer:
             m = self.train_step()
             window.append(m)
             bar.update(1)
-            bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}")
+            bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}", refresh=False)
             is_eval = bool(tcfg.eval_freq) and self.step % tcfg.eval_freq == 0
             if is_eval or self.step % tcfg.log_freq == 0 or self.step == tcfg.n_iters:
                 row = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
@@ -313,7 +314,7 @@ class Trainer:
     def periodic_eval(self) -> dict[str, float]:
         out: dict[str, float] = {"eval_loss": self.eval_loss()}
         if self.ctx.is_main:
-            n = self.cfg.eval.n_examples or len(self.valid)
+            n = self.cfg.eval.get("valid_examples", 100) or len(self.valid)
             s = self.decode(self.valid[:n], self.run_dir / "samples" / f"step_{self.step}")
             out.update(valid_acc=s["accuracy"], valid_token_acc=s["token_acc"])
         return out

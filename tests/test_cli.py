@@ -19,10 +19,10 @@ TINY = ["data.task=mult2x2", "data.tokenizer=symbols", "training.batch_size=8",
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Two run folders under <tmp>/exp_local: a SEDD one, then (newer) an AR one."""
+    """Run folders under <tmp>/exp_local: Plaid, SEDD, then (newest) AR."""
     root = tmp_path_factory.mktemp("work")
     made = {}
-    for name in ("sedd", "ar"):
+    for name in ("plaid", "sedd", "ar"):
         run = root / "exp_local" / "mult2x2" / f"run_{name}"
         trainer = Trainer(compose_config([f"backbone={name}", *TINY]), run)
         trainer.train_step()
@@ -65,6 +65,10 @@ def test_defaults_use_the_newest_run_and_cal_acc_scores_it(runs, capsys, monkeyp
     assert (made["ar"] / "eval" / "test-T1.jsonl").is_file()
     assert cal_acc_gsm.main([]) == 0
     assert "test-T1.jsonl" in capsys.readouterr().out
-    # A Plaid-only flag asks for the newest Plaid run, and there is none.
-    assert evaluation_batch.main(["--dpm_solver"]) == 2
-    assert "no run folder" in capsys.readouterr().err
+    # A Plaid-only flag asks for the newest Plaid run.
+    assert evaluation_batch.main(["--dpm_solver", "--sampling_timesteps", "8", "--limit", "3",
+                                  "--no_progress"]) == 0
+    assert "plaid from" in capsys.readouterr().out
+    summary = json.loads((made["plaid"] / "eval" / "test-T8-predictor=dpm_solver.summary.json")
+                         .read_text())
+    assert summary["nfe_per_example"] == 9  # 8 solver steps + the decoding call at the end
