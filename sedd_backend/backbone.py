@@ -18,7 +18,7 @@ from dot.rng import RowRandom
 from dot.tokenization import Tokenizer
 from sedd_backend.graph import Graph, get_graph
 from sedd_backend.load import load_model
-from sedd_backend.losses import score_entropy_loss
+from sedd_backend.losses import denoiser_log_score, score_entropy_loss
 from sedd_backend.model import DDiT, build_model
 from sedd_backend.noise import Noise, get_noise
 from sedd_backend.sampling import pc_sample
@@ -84,6 +84,13 @@ class SEDDBackbone(Backbone):
             cfg.seq_len = int(found.get("training", {}).get("block_size", 128))
         return cls(cfg, tokenizer, model.eval(), graph, noise), cfg
 
+    def log_score(self, x_BL: Tensor, sigma_B: Tensor) -> Tensor:
+        """The network's log-score, or the one implied by denoiser logits (cross_entropy)."""
+        out_BLV = self.model(x_BL, sigma_B)
+        if self.cfg.get("backbone", {}).get("objective", "score_entropy") == "cross_entropy":
+            return denoiser_log_score(out_BLV, sigma_B.expand(x_BL.shape[0]))
+        return out_BLV
+
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device  # the official loss reads model.device (bug 1)
 
@@ -95,7 +102,8 @@ class SEDDBackbone(Backbone):
                                     batch.fixed_mask, rng,
                                     weighting=bb.get("loss_weighting", "elbo"),
                                     order=bb.get("mask_order", "random"),
-                                    real_BL=batch.attention_mask)
+                                    real_BL=batch.attention_mask,
+                                    objective=bb.get("objective", "score_entropy"))
         loss = loss_B.sum() / batch.global_batch_size
         return loss, {"loss": loss.item()}
 
@@ -120,7 +128,7 @@ class SEDDBackbone(Backbone):
         self.model.eval()
         try:
             result = pc_sample(
-                lambda x_BL, sigma_B: self.model(x_BL, sigma_B).exp(), self.graph, self.noise,
+                lambda x_BL, sigma_B: self.log_score(x_BL, sigma_B).exp(), self.graph, self.noise,
                 tuple(ids_BL.shape), steps, generator,
                 predictor=options.get("predictor", sampling.predictor),
                 denoise=bool(options.get("noise_removal", sampling.noise_removal)),

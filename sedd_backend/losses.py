@@ -41,7 +41,8 @@ def mask_suffix(x0_BL: Tensor, sigma_B: Tensor, rng: Draws, fixed_BL: Tensor, ma
 def score_entropy_loss(model: Callable[[Tensor, Tensor], Tensor], graph: Graph, noise: Noise,
                        x0_BL: Tensor, fixed_BL: Tensor, rng: Draws,
                        sampling_eps: float = SAMPLING_EPS, weighting: str = "elbo",
-                       order: str = "random", real_BL: Tensor | None = None) -> Tensor:
+                       order: str = "random", real_BL: Tensor | None = None,
+                       objective: str = "score_entropy") -> Tensor:
     """Per-row loss [B]: sum over positions of sigma'(t) * score entropy at a random t.
 
     `fixed_BL` is True on the conditioning source (DoT's input_mask == 0). Random numbers come
@@ -53,9 +54,13 @@ def score_entropy_loss(model: Callable[[Tensor, Tensor], Tensor], graph: Graph, 
       (MaskGIT-style); lower gradient variance, not a likelihood bound.
     * `order='left_to_right'` masks a suffix of the real target tokens and all padding
       (`mask_suffix`; `real_BL` is the attention mask).
+    * `objective='cross_entropy'` trains the output as denoiser logits (MDLM's mean
+      parametrisation): softmax over the real tokens, cross-entropy at masked positions with
+      the same ELBO weight sigma'/e(sigma) (or flat). Sample with `denoiser_log_score`.
     """
-    if (weighting != "elbo" or order != "random") and not graph.absorb:
-        raise ValueError("loss weighting / mask order options need the absorbing graph")
+    if (weighting != "elbo" or order != "random" or objective != "score_entropy") \
+            and not graph.absorb:
+        raise ValueError("loss weighting / mask order / objective options need the absorbing graph")
     # 1. a time per row, away from 0
     t_B = (1 - sampling_eps) * rng.rand().to(x0_BL.device) + sampling_eps
     # 2. total noise and its rate
@@ -69,6 +74,14 @@ def score_entropy_loss(model: Callable[[Tensor, Tensor], Tensor], graph: Graph, 
         raise ValueError(f"unknown mask order {order!r}: use random or left_to_right")
     # 4. log-scores of the noisy sequence
     log_score_BLV = model(xt_BL, sigma_B)
+    if objective == "cross_entropy":
+        masked_BL = (xt_BL == graph.dim - 1) & ~fixed_BL
+        logp_BLV = torch.log_softmax(log_score_BLV[..., :-1], dim=-1)
+        ce_BL = -logp_BLV.gather(-1, x0_BL[..., None]).squeeze(-1) * masked_BL
+        weight_B = torch.ones_like(sigma_B) if weighting == "flat" else dsigma_B / expm1_sigma(sigma_B)
+        return weight_B * ce_BL.sum(-1)
+    if objective != "score_entropy":
+        raise ValueError(f"unknown objective {objective!r}: use score_entropy or cross_entropy")
     # 5. score entropy on the non-fixed positions, weighted by sigma'(t), summed over positions
     se_BL = graph.score_entropy(log_score_BLV, sigma_B, xt_BL, x0_BL)
     se_BL = se_BL.masked_fill(fixed_BL, 0.0)
@@ -78,3 +91,15 @@ def score_entropy_loss(model: Callable[[Tensor, Tensor], Tensor], graph: Graph, 
     if weighting != "elbo":
         raise ValueError(f"unknown loss weighting {weighting!r}: use elbo or flat")
     return loss_B
+
+
+def denoiser_log_score(logits_BLV: Tensor, sigma_B: Tensor) -> Tensor:
+    """Absorbing log-scores of a model trained with `objective='cross_entropy'`.
+
+    At a masked position the score of token j is p(x0 = j | x_t) / e(sigma); the mask column
+    keeps log-score 0 (score 1), as the network's own output does. Only masked positions move
+    under the absorbing reverse process, so other positions need no score.
+    """
+    logp_BLV = torch.log_softmax(logits_BLV[..., :-1], dim=-1)
+    shift_B11 = torch.log(expm1_sigma(sigma_B.reshape(-1).float()))[:, None, None]
+    return torch.cat([logp_BLV - shift_B11, torch.zeros_like(logits_BLV[..., -1:])], dim=-1)

@@ -149,3 +149,12 @@ def test_fetch_cli_against_local_mirror(http_root, tmp_path):
     assert data_cli(["fetch", "4x4", "--splits", "valid", "--root", str(root), "--mirror", url]) == 0
     assert (root / "4by4" / "valid.txt").read_bytes() == src.read_bytes()
     assert data_cli(["fetch", "4x4", "--splits", "test", "--root", str(root), "--mirror", url]) == 1
+
+
+def test_published_tasks_never_evaluate_on_generated_splits(tmp_path):
+    """4by4 has a real test split upstream: without the file, loading it fails (callers then
+    fall back to the real valid split) instead of silently generating one."""
+    with pytest.raises(FileNotFoundError, match="fetch 4by4"):
+        load_split(get_task("4by4"), "test", root=tmp_path)
+    examples, source = load_split(get_task("mult4x3"), "test", root=tmp_path)
+    assert source.startswith("generated") and len(examples) == 1000

@@ -125,3 +125,29 @@ def test_left_to_right_counts_real_tokens_and_always_masks_padding():
     sigma = torch.full((50,), 1e-6)  # almost nothing to mask
     xt = mask_suffix(x0, sigma, RowRandom(0, 0, torch.arange(50)), fixed, N, real)
     assert (xt[:, 6:] == N).all() and (xt[:, :6] == x0[:, :6]).all()
+
+
+def test_cross_entropy_objective_by_hand_and_its_scores():
+    from sedd_backend.graph import expm1_sigma
+    from sedd_backend.losses import denoiser_log_score
+
+    graph, x0, fixed, logits = setup("absorb", B=3)
+    loss = score_entropy_loss(FixedLogits(logits), graph, LogLinearNoise(), x0, fixed,
+                              RowRandom(2, 4, torch.arange(3)), objective="cross_entropy")
+    model = FixedLogits(logits)
+    score_entropy_loss(model, graph, LogLinearNoise(), x0, fixed, RowRandom(2, 4, torch.arange(3)))
+    xt, sigma = model.seen  # the same draws: same noisy input and sigma
+    expected = []
+    for b in range(3):
+        total = 0.0
+        for i in range(x0.shape[1]):
+            if xt[b, i] == N and not fixed[b, i]:
+                total += -torch.log_softmax(logits[b, i, :N], -1)[x0[b, i]].item()
+        expected.append(LogLinearNoise()(torch.tensor([(1 - torch.exp(-sigma[b])).item() / (1 - 1e-3)]))[1].item()
+                        / expm1_sigma(sigma[b]).item() * total)
+    assert loss.tolist() == pytest.approx(expected, rel=1e-4)
+    scores = denoiser_log_score(logits, sigma).exp()
+    # at any position the real-token scores sum to 1/e(sigma); the mask column is 1
+    assert torch.allclose(scores[..., :N].sum(-1), (1 / expm1_sigma(sigma))[:, None].expand(3, 6),
+                          rtol=1e-5)
+    assert torch.allclose(scores[..., N], torch.ones(3, 6))
