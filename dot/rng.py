@@ -12,7 +12,8 @@ from torch import Tensor
 _MIX = 0x9E3779B97F4A7C15  # golden-ratio constant to spread (seed, step, row) over 63 bits
 
 
-def _key(*parts: int) -> int:
+def seed_key(*parts: int) -> int:
+    """One 63-bit seed from a tuple of integers (e.g. seed, step, row)."""
     h = 0
     for p in parts:
         h = (h * _MIX + int(p) + 1) % (2**63 - 1)
@@ -25,9 +26,9 @@ class RowRandom:
     def __init__(self, seed: int, step: int, rows: Tensor, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.rows = rows.tolist()
-        self._gens = [torch.Generator().manual_seed(_key(seed, step, r)) for r in self.rows]
+        self._gens = [torch.Generator().manual_seed(seed_key(seed, step, r)) for r in self.rows]
         # Same on every process: for quantities defined over the global batch.
-        self.step_generator = torch.Generator().manual_seed(_key(seed, step, -1))
+        self.step_generator = torch.Generator().manual_seed(seed_key(seed, step, -1))
 
     def _stack(self, draw) -> Tensor:
         return torch.stack([draw(g) for g in self._gens]).to(self.device)

@@ -29,7 +29,7 @@ from dot.data import load_split
 from dot.ema import EMA
 from dot.evaluate import evaluate, format_summary
 from dot.examples import TokenizedExample, tokenize, training_pair
-from dot.rng import RowRandom, _key
+from dot.rng import RowRandom, seed_key
 from dot.tasks import Example, Task, get_task
 from dot.tokenization import load_tokenizer
 
@@ -147,7 +147,7 @@ class Trainer:
         for pos in range(first, first + bsz):
             epoch = pos // n
             if getattr(self, "_perm_epoch", None) != epoch:
-                g = torch.Generator().manual_seed(_key(self.cfg.seed, epoch, -2))
+                g = torch.Generator().manual_seed(seed_key(self.cfg.seed, epoch, -2))
                 self._perm, self._perm_epoch = torch.randperm(n, generator=g).tolist(), epoch
             out.append(self._perm[pos % n])
         return out
@@ -156,7 +156,7 @@ class Trainer:
                    indices: list[int]) -> Batch:
         rows = range(chunk * self.micro, (chunk + 1) * self.micro)
         pairs = [training_pair(examples[indices[r]], self.tokenizer,
-                               random.Random(_key(self.cfg.seed, step, r, 7)),
+                               random.Random(seed_key(self.cfg.seed, step, r, 7)),
                                self.cfg.data.multipass, self.cfg.data.glance) for r in rows]
         ids, fixed, attn = collate(pairs, self.seq_len, self.tokenizer.pad_id)
         return Batch(ids, fixed, attn, torch.tensor(list(rows)), self.cfg.training.batch_size,
@@ -240,7 +240,7 @@ class Trainer:
             self.model.eval()
             for b in range(n_batches):
                 step = -(b + 1)  # fixed pseudo-steps: the same rows and noise every time
-                g = torch.Generator().manual_seed(_key(self.cfg.seed, step, -3))
+                g = torch.Generator().manual_seed(seed_key(self.cfg.seed, step, -3))
                 indices = torch.randint(len(self.valid_tok), (self.cfg.training.batch_size,),
                                         generator=g).tolist()
                 for a in range(self.cfg.training.accum):
