@@ -75,6 +75,16 @@ def _save(fig: plt.Figure, out_png: str | Path) -> Path:
     return out
 
 
+def _save_accuracy_plot(fig: plt.Figure, ax: plt.Axes, out_png: str | Path,
+                        ylabel: str = "accuracy (%)") -> Path:
+    """The shared finish of every accuracy figure: 0-100 % axis, grid, legend, save."""
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, out_png)
+
+
 # ---------------------------------------------------------------------------------- figures
 def loss_curve(run_dir: str | Path, out_png: str | Path) -> Path:
     """Training loss and eval_loss vs step; valid_acc on a second axis when it was logged."""
@@ -131,11 +141,7 @@ def accuracy_vs_steps(summaries: Iterable[str | Path | Summary], out_png: str | 
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel("sampling steps T  (grey: NFE per example)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(-2, 102)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return _save(fig, out_png)
+    return _save_accuracy_plot(fig, ax, out_png)
 
 
 def sc_curve(summary: str | Path | Summary, out_png: str | Path) -> Path:
@@ -149,13 +155,9 @@ def sc_curve(summary: str | Path | Summary, out_png: str | Path) -> Path:
     ax.plot(ks, [100 * sc[k] for k in ks], "o-", label="SC@k")
     ax.axhline(100 * s["accuracy"], color="grey", ls="--", label="mean single run")
     ax.set_xlabel("runs voting (k)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(-2, 102)
     ax.set_xticks(ks)
-    ax.grid(alpha=0.3)
-    ax.legend()
     ax.set_title(f"self-consistency, T={s.get('steps', '?')}")
-    return _save(fig, out_png)
+    return _save_accuracy_plot(fig, ax, out_png)
 
 
 @dataclass(frozen=True)
@@ -196,11 +198,7 @@ def speed_accuracy(points: Iterable[Point | Mapping[str, Any]], out_png: str | P
     if max(p.examples_per_s for p in pts) / max(min(p.examples_per_s for p in pts), 1e-12) > 10:
         ax.set_xscale("log")
     ax.set_xlabel("throughput (examples / s)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(-2, 102)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return _save(fig, out_png)
+    return _save_accuracy_plot(fig, ax, out_png)
 
 
 def time_to_accuracy(runs: Mapping[str, str | Path] | Sequence[str | Path],
@@ -225,11 +223,7 @@ def time_to_accuracy(runs: Mapping[str, str | Path] | Sequence[str | Path],
         plt.close(fig)
         raise ValueError("time_to_accuracy: no run has valid_acc in its metrics.csv")
     ax.set_xlabel("training wall time (minutes)")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_ylim(-2, 102)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return _save(fig, out_png)
+    return _save_accuracy_plot(fig, ax, out_png, "validation accuracy (%)")
 
 
 # ---------------------------------------------------------------------------------- CLI

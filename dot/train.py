@@ -125,6 +125,7 @@ class Trainer:
         self.info(f"backbone {cfg.backbone.name}: {n_params / 1e6:.2f}M parameters on "
                   f"{self.ctx.device}, {self.ctx.world_size} process(es), micro-batch {self.micro}")
         self.step = 0
+        self._perm, self._perm_epoch = [], -1  # the training order of the current epoch
         self._resume()
 
     # ------------------------------------------------------------------ helpers
@@ -146,7 +147,7 @@ class Trainer:
         out = []
         for pos in range(first, first + bsz):
             epoch = pos // n
-            if getattr(self, "_perm_epoch", None) != epoch:
+            if self._perm_epoch != epoch:
                 g = torch.Generator().manual_seed(seed_key(self.cfg.seed, epoch, -2))
                 self._perm, self._perm_epoch = torch.randperm(n, generator=g).tolist(), epoch
             out.append(self._perm[pos % n])
