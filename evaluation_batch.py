@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--digit", action="store_true", help="digit-split tokenization (Plaid weights)")
     p.add_argument("--no_progress", action="store_true")
     g = p.add_argument_group("sampler (backbone-specific; a flag the backbone lacks is an error)")
-    g.add_argument("--predictor", help="SEDD: analytic | euler | confidence; "
+    g.add_argument("--predictor", help="SEDD: analytic | euler | confidence | left_to_right; "
                    "Plaid: ancestral | dpm_solver")
     g.add_argument("--noise_removal", action=argparse.BooleanOptionalAction, default=None,
                    help="SEDD final denoising step")

@@ -16,6 +16,7 @@ case "$recipe" in
   cpu-4x4)        $PY finetune.py experiment=cpu_4x4 "$@" ;;             # DoT-MP on 4x4
   cpu-4x4-sp)     $PY finetune.py experiment=cpu_4x4 data.multipass=False "$@" ;;
   cpu-4x4-ar)     $PY finetune.py experiment=cpu_4x4 backbone=ar "$@" ;; # AR baseline
+  cpu-4x4-block)  $PY finetune.py experiment=cpu_4x4 backbone=sedd_block data.multipass=False "$@" ;;
   # --- Plaid-1B, DoT paper (HKUNLP/diffusion-of-thoughts run_train.sh), 8 GPUs x 16 --------
   plaid-gsm8k)    $PY finetune.py backbone=plaid model=plaid1b init=${PLAID_WEIGHTS:-plaid1b_weights} \
                     data.task=gsm8k data.tokenizer=owt2 data.digit=True training.block_size=256 \

@@ -18,7 +18,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-ALL_BACKBONES = ("sedd", "plaid", "ar")
+ALL_BACKBONES = ("sedd", "sedd_block", "plaid", "ar")  # configs/backbone/<name>.yaml
 
 
 def pick_device(name: str) -> torch.device:

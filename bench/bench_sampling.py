@@ -5,12 +5,14 @@
 
 Models are the tiny config with RANDOM weights: sampling cost does not depend on what the
 weights learned, except where a sampler stops early (the AR baseline at EOS, SEDD's
-skip_finished once nothing is masked), so those rows show the NFE actually spent.
+skip_finished once nothing is masked), so those rows show the NFE actually spent. Block
+diffusion would stop at the first EOS or PAD, which random weights emit at once, so those two
+tokens are ruled out and every row is decoded to full length.
 
 Prompts are real 3x3 multiplication prompts (all the same length), collated the way
 evaluation does, into rows of the length training would pick for the task. Each timing is the
 median of `--repeats` calls after one warm-up call. Where a backbone has an optional fast path
-(SEDD `sampling.skip_finished`) the fast row's `speedup` is straightforward / fast time at the
+(SEDD `sampling.skip_finished`, block diffusion's prefix cache `sampling.kv_cache`) the fast row's `speedup` is straightforward / fast time at the
 same (sampler, T, batch), and `same_ids` checks the fast path changed no token.
 """
 from __future__ import annotations
@@ -62,6 +64,11 @@ def samplers_for(backbone: str) -> list[Sampler]:
                 out.append(Sampler("sedd", f"{name}+skip_finished", {"predictor": name},
                                    {"skip_finished": True}, baseline=name))
         return out
+    if backbone == "sedd_block":  # T = reverse steps per block
+        return [Sampler("sedd_block", "confidence", {"predictor": "confidence"},
+                        {"kv_cache": False}),
+                Sampler("sedd_block", "confidence+kv_cache", {"predictor": "confidence"},
+                        {"kv_cache": True}, baseline="confidence")]
     if backbone == "plaid":
         return [Sampler("plaid", "ancestral", {"predictor": "ancestral"}),
                 Sampler("plaid", "dpm_solver", {"predictor": "dpm_solver"})]
@@ -74,7 +81,13 @@ def build_backbone(name: str, tokenizer: str, device: torch.device) -> Backbone:
     """The tiny model of `configs/model/tiny.yaml`, random weights, eval mode."""
     cfg = compose_config([f"backbone={name}", "model=tiny", f"data.tokenizer={tokenizer}"])
     torch.manual_seed(0)
-    backbone = backbone_class(name).from_config(cfg, load_tokenizer(tokenizer))
+    tok = load_tokenizer(tokenizer)
+    backbone = backbone_class(cfg.backbone.name).from_config(cfg, tok)
+    if cfg.backbone.get("block_tokens"):
+        # block decoding stops a row at EOS or PAD, which random weights emit at once; rule
+        # them out so every row is decoded to full length (the AR baseline's case too)
+        with torch.no_grad():
+            backbone.model.output_layer.linear.bias[[tok.eos_id, tok.pad_id]] = -1e4
     backbone.model.to(device).eval()
     return backbone
 

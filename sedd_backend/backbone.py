@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from dot.backbone import Backbone, Batch, SampleResult
 from dot.rng import RowRandom
 from dot.tokenization import Tokenizer
+from sedd_backend.blocks import sample_blocks, two_copy_model
 from sedd_backend.graph import Graph, get_graph
 from sedd_backend.load import load_model
 from sedd_backend.losses import denoiser_log_score, score_entropy_loss
@@ -38,13 +39,14 @@ class SEDDBackbone(Backbone):
         tokens = tokenizer.vocab_size
         if cfg.init == "scratch":
             graph = get_graph(cfg.graph.type, tokens)
-            model = build_model(cfg.model, cfg.graph.type, tokens)
-            return cls(cfg, tokenizer, model, graph, get_noise(cfg.noise))
-        model, graph, noise = load_model(cfg.init)
-        _check_loaded(cfg, tokens, model, graph, noise)
-        for module in model.modules():  # dropout is a training choice, not part of the weights
-            if isinstance(module, nn.Dropout):
-                module.p = float(cfg.model.dropout)
+            model, noise = build_model(cfg.model, cfg.graph.type, tokens), get_noise(cfg.noise)
+        else:
+            model, graph, noise = load_model(cfg.init)
+            _check_loaded(cfg, tokens, model, graph, noise)
+            for module in model.modules():  # dropout is a training choice, not part of the weights
+                if isinstance(module, nn.Dropout):
+                    module.p = float(cfg.model.dropout)
+        model.time_conditioning = bool(cfg.backbone.get("time_conditioning", True))
         return cls(cfg, tokenizer, model.train(), graph, noise)
 
     @classmethod
@@ -84,9 +86,17 @@ class SEDDBackbone(Backbone):
             cfg.seq_len = int(found.get("training", {}).get("block_size", 128))
         return cls(cfg, tokenizer, model.eval(), graph, noise), cfg
 
-    def log_score(self, x_BL: Tensor, sigma_B: Tensor) -> Tensor:
+    @property
+    def block_tokens(self) -> int | None:
+        """Tokens per block of block diffusion (`sedd_backend.blocks`); None = whole target."""
+        size = self.cfg.get("backbone", {}).get("block_tokens")
+        return int(size) if size else None
+
+    def log_score(self, x_BL: Tensor, sigma_B: Tensor, attn_mask: Tensor | None = None,
+                  positions: Tensor | None = None,
+                  kv_cache: list[dict[str, Tensor]] | None = None) -> Tensor:
         """The network's log-score, or the one implied by denoiser logits (cross_entropy)."""
-        out_BLV = self.model(x_BL, sigma_B)
+        out_BLV = self.model(x_BL, sigma_B, attn_mask, positions, kv_cache)
         if self.cfg.get("backbone", {}).get("objective", "score_entropy") == "cross_entropy":
             return denoiser_log_score(out_BLV, sigma_B.expand(x_BL.shape[0]))
         return out_BLV
@@ -98,14 +108,18 @@ class SEDDBackbone(Backbone):
         """Sum of the rows' score-entropy losses / global batch size (summed by the trainer)."""
         batch = batch.to(self._device())
         bb = self.cfg.get("backbone", {})
-        loss_B = score_entropy_loss(self.model, self.graph, self.noise, batch.input_ids,
+        model, stats = self.model, {}
+        if self.block_tokens:
+            model = two_copy_model(self.model, batch.input_ids, batch.fixed_mask, self.block_tokens)
+        loss_B = score_entropy_loss(model, self.graph, self.noise, batch.input_ids,
                                     batch.fixed_mask, rng,
                                     weighting=bb.get("loss_weighting", "elbo"),
                                     order=bb.get("mask_order", "random"),
                                     real_BL=batch.attention_mask,
-                                    objective=bb.get("objective", "score_entropy"))
+                                    objective=bb.get("objective", "score_entropy"),
+                                    stats=stats, t_range=tuple(bb.get("t_range", (0.0, 1.0))))
         loss = loss_B.sum() / batch.global_batch_size
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.item(), **stats}
 
     @torch.no_grad()
     def sample(self, input_ids: Tensor, fixed_mask: Tensor, steps: int,
@@ -113,9 +127,12 @@ class SEDDBackbone(Backbone):
                **options: Any) -> SampleResult:
         """PC sampling with the fixed positions projected back to `input_ids` at every step.
 
-        Options: `predictor` ('analytic' or 'euler') and `noise_removal` (final denoiser);
-        defaults from `cfg.sampling`. `cfg.sampling.skip_finished` stops network calls once no
-        position is masked (identical ids, lower nfe).
+        Options: `predictor` (see `sedd_backend.sampling.PREDICTORS`) and `noise_removal`
+        (final denoiser); defaults from `cfg.sampling`. `cfg.sampling.skip_finished` stops
+        network calls once no position is masked (identical ids, lower nfe). With
+        `backbone.block_tokens` the target is decoded block by block, `steps` per block, with
+        the clean prefix cached when that is exact (`backbone.time_conditioning=false`) unless
+        `cfg.sampling.kv_cache` is false.
         """
         unknown = set(options) - self.sample_options
         if unknown:
@@ -126,14 +143,25 @@ class SEDDBackbone(Backbone):
         ids_BL, fixed_BL = input_ids.to(device), fixed_mask.to(device).bool()
         was_training = self.model.training
         self.model.eval()
+        predictor = options.get("predictor", sampling.predictor)
+        denoise = bool(options.get("noise_removal", sampling.noise_removal))
         try:
-            result = pc_sample(
-                lambda x_BL, sigma_B: self.log_score(x_BL, sigma_B).exp(), self.graph, self.noise,
-                tuple(ids_BL.shape), steps, generator,
-                predictor=options.get("predictor", sampling.predictor),
-                denoise=bool(options.get("noise_removal", sampling.noise_removal)),
-                project=lambda x_BL: torch.where(fixed_BL, ids_BL, x_BL), device=device,
-                record_chain=record_chain, skip_finished=bool(sampling.get("skip_finished", False)))
+            if self.block_tokens:
+                tok = self.tokenizer
+                cached = not self.model.time_conditioning and sampling.get("kv_cache", True)
+                result = sample_blocks(self.log_score, self.graph, self.noise, ids_BL, fixed_BL,
+                                       self.block_tokens, steps, generator, eos_id=tok.eos_id,
+                                       pad_id=tok.pad_id, predictor=predictor, denoise=denoise,
+                                       record_chain=record_chain,
+                                       skip_finished=bool(sampling.get("skip_finished", False)),
+                                       n_layers=len(self.model.blocks) if cached else None)
+            else:
+                result = pc_sample(
+                    lambda x_BL, sigma_B: self.log_score(x_BL, sigma_B).exp(), self.graph,
+                    self.noise, tuple(ids_BL.shape), steps, generator, predictor=predictor,
+                    denoise=denoise, project=lambda x_BL: torch.where(fixed_BL, ids_BL, x_BL),
+                    device=device, record_chain=record_chain,
+                    skip_finished=bool(sampling.get("skip_finished", False)))
         finally:
             self.model.train(was_training)
         back = input_ids.device

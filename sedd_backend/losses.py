@@ -42,7 +42,8 @@ def score_entropy_loss(model: Callable[[Tensor, Tensor], Tensor], graph: Graph, 
                        x0_BL: Tensor, fixed_BL: Tensor, rng: Draws,
                        sampling_eps: float = SAMPLING_EPS, weighting: str = "elbo",
                        order: str = "random", real_BL: Tensor | None = None,
-                       objective: str = "score_entropy") -> Tensor:
+                       objective: str = "score_entropy", stats: dict | None = None,
+                       t_range: tuple[float, float] = (0.0, 1.0)) -> Tensor:
     """Per-row loss [B]: sum over positions of sigma'(t) * score entropy at a random t.
 
     `fixed_BL` is True on the conditioning source (DoT's input_mask == 0). Random numbers come
@@ -57,12 +58,24 @@ def score_entropy_loss(model: Callable[[Tensor, Tensor], Tensor], graph: Graph, 
     * `objective='cross_entropy'` trains the output as denoiser logits (MDLM's mean
       parametrisation): softmax over the real tokens, cross-entropy at masked positions with
       the same ELBO weight sigma'/e(sigma) (or flat). Sample with `denoiser_log_score`.
+
+    * `t_range=(lo, hi)` draws t from U[lo, hi] instead of U[0, 1] (the lower end is raised to
+      `sampling_eps`): BD3-LM's clipped schedule. With the log-linear schedule t is the mask
+      rate, so a high range spends the batch on the heavily masked rows that decoding starts
+      from; the bound is no longer the full ELBO.
+
+    With a `stats` dict (absorbing graph), stats['token_acc'] receives the share of masked
+    target tokens whose highest-scoring token is the clean one: the training accuracy that
+    is comparable across objectives (and with an autoregressive model's).
     """
     if (weighting != "elbo" or order != "random" or objective != "score_entropy") \
             and not graph.absorb:
         raise ValueError("loss weighting / mask order / objective options need the absorbing graph")
     # 1. a time per row, away from 0
-    t_B = (1 - sampling_eps) * rng.rand().to(x0_BL.device) + sampling_eps
+    lo, hi = max(float(t_range[0]), sampling_eps), float(t_range[1])
+    if not lo <= hi <= 1:
+        raise ValueError(f"backbone.t_range={list(t_range)} must satisfy 0 <= lo <= hi <= 1")
+    t_B = (hi - lo) * rng.rand().to(x0_BL.device) + lo
     # 2. total noise and its rate
     sigma_B, dsigma_B = noise(t_B)
     # 3. corrupt the target, keep the source clean
@@ -74,6 +87,11 @@ def score_entropy_loss(model: Callable[[Tensor, Tensor], Tensor], graph: Graph, 
         raise ValueError(f"unknown mask order {order!r}: use random or left_to_right")
     # 4. log-scores of the noisy sequence
     log_score_BLV = model(xt_BL, sigma_B)
+    if stats is not None and graph.absorb:
+        with torch.no_grad():
+            masked_BL = (xt_BL == graph.dim - 1) & ~fixed_BL
+            hit_BL = log_score_BLV[..., :-1].argmax(-1) == x0_BL
+            stats["token_acc"] = (hit_BL & masked_BL).sum().item() / max(int(masked_BL.sum()), 1)
     if objective == "cross_entropy":
         masked_BL = (xt_BL == graph.dim - 1) & ~fixed_BL
         logp_BLV = torch.log_softmax(log_score_BLV[..., :-1], dim=-1)

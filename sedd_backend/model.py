@@ -78,7 +78,7 @@ class SigmaEmbedder(nn.Module):
 
 
 class Rotary(nn.Module):
-    """Rotary position tables; positions always start at 0 for the current length."""
+    """Rotary position tables for given token positions (0..L-1 unless told otherwise)."""
 
     def __init__(self, head_dim: int, base: float = 10_000.0):
         super().__init__()
@@ -94,15 +94,17 @@ class Rotary(nn.Module):
         state_dict[prefix + "inv_freq"] = self._inv_freq().to(self.inv_freq.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, seq_len: int) -> tuple[Tensor, Tensor]:
-        """cos and sin tables [L, d]: angle p * inv_freq_k, repeated for both halves."""
-        pos_L = torch.arange(seq_len, device=self.inv_freq.device, dtype=torch.float32)
-        angles_LD = torch.outer(pos_L, self.inv_freq.float()).repeat(1, 2)
-        return angles_LD.cos(), angles_LD.sin()
+    def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """cos and sin tables [..., d] for positions [L] or [B, L]: angle p * inv_freq_k,
+        repeated for both halves."""
+        angles = positions.float()[..., None] * self.inv_freq.float()
+        angles = torch.cat([angles, angles], dim=-1)
+        return angles.cos(), angles.sin()
 
 
 def apply_rotary(u_BLhd: Tensor, cos_LD: Tensor, sin_LD: Tensor) -> Tensor:
-    cos, sin = cos_LD[:, None], sin_LD[:, None]  # broadcast over heads
+    """Rotate by position; tables are [L, d] (shared by the rows) or [B, L, d] (per row)."""
+    cos, sin = cos_LD.unsqueeze(-2), sin_LD.unsqueeze(-2)  # broadcast over heads
     return u_BLhd * cos + rotate_half(u_BLhd) * sin
 
 
@@ -123,7 +125,12 @@ class DDiTBlock(nn.Module):
         nn.init.zeros_(self.adaLN_modulation.bias)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, h_BLH: Tensor, rotary: tuple[Tensor, Tensor], c_BC: Tensor) -> Tensor:
+    def forward(self, h_BLH: Tensor, rotary: tuple[Tensor, Tensor], c_BC: Tensor,
+                attn_mask: Tensor | None = None, kv: dict[str, Tensor] | None = None) -> Tensor:
+        """One block. `kv` (cached decoding) holds key and value buffers kv['k'], kv['v']
+        [B, h, kv['slots'], d] whose first kv['n'] slots are earlier positions: this call's
+        keys and values are written at slots n.. and the queries attend to slots 0..n+L-1
+        (the key axis of `attn_mask`). The caller keeps them by advancing kv['n']."""
         B, L, H = h_BLH.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = \
             self.adaLN_modulation(c_BC)[:, None].chunk(6, dim=-1)
@@ -132,7 +139,14 @@ class DDiTBlock(nn.Module):
         q, k, v = qkv.view(B, L, 3, self.n_heads, H // self.n_heads).unbind(2)
         q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         q, k, v = (u.transpose(1, 2) for u in (q, k, v))  # [B, h, L, d]; v is not rotated
-        o_BLH = F.scaled_dot_product_attention(q, k, v) \
+        if kv is not None:
+            n, end = kv["n"], kv["n"] + L
+            if "k" not in kv:
+                kv["k"] = k.new_zeros(B, self.n_heads, kv["slots"], H // self.n_heads)
+                kv["v"] = torch.zeros_like(kv["k"])
+            kv["k"][:, :, n:end], kv["v"][:, :, n:end] = k, v
+            k, v = kv["k"][:, :, :end], kv["v"][:, :, :end]
+        o_BLH = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask) \
             .transpose(1, 2).reshape(B, L, H)
         h_BLH = h_BLH + gate1 * self.dropout(self.attn_out(o_BLH))
 
@@ -158,16 +172,29 @@ class DDitFinalLayer(nn.Module):
 
 
 class DDiT(nn.Module):
-    """SEDD's diffusion transformer; `vocab_size` is the output size V (absorbing: tokens + 1)."""
+    """SEDD's diffusion transformer; `vocab_size` is the output size V (absorbing: tokens + 1).
+
+    `time_conditioning=False` (`backbone.time_conditioning`; an option, not in SEDD) feeds a zero
+    vector to every adaLN layer, so each modulation is its learned bias alone and the network
+    ignores sigma. For the absorbing graph nothing is lost: the masks show how noisy a row is,
+    and `scale_by_sigma` still adds the exact sigma-dependence of the log-score (MDLM drops
+    time conditioning for the same reason). What is gained: adaLN's output depends on all
+    cond_dim weights of its input, so Adam moves every shift, scale and gate about cond_dim
+    times faster than an ordinary parameter; with a zero input those weights stay still.
+    Measured on 3x3 multiplication (README, Results) this is what made the tiny DDiT learn as
+    fast per step as a plain transformer. Parameters and state-dict keys are unchanged; like
+    dropout the flag is a way of running the weights, set from the config, not stored in them.
+    """
 
     def __init__(self, vocab_size: int, hidden_size: int = 768, cond_dim: int = 128,
                  n_heads: int = 12, n_blocks: int = 12, dropout: float = 0.1,
-                 scale_by_sigma: bool = True):
+                 scale_by_sigma: bool = True, time_conditioning: bool = True):
         super().__init__()
         if hidden_size % n_heads:
             raise ValueError(f"hidden_size {hidden_size} is not divisible by n_heads {n_heads}")
         self.vocab_size = vocab_size
         self.scale_by_sigma = scale_by_sigma
+        self.time_conditioning = time_conditioning
         self.arch = dict(hidden_size=hidden_size, cond_dim=cond_dim, n_heads=n_heads,
                          n_blocks=n_blocks, scale_by_sigma=scale_by_sigma)  # for config checks
         self.vocab_embed = EmbeddingLayer(vocab_size, hidden_size)
@@ -177,15 +204,28 @@ class DDiT(nn.Module):
                                     for _ in range(n_blocks))
         self.output_layer = DDitFinalLayer(hidden_size, vocab_size, cond_dim)
 
-    def forward(self, x_BL: Tensor, sigma: Tensor) -> Tensor:
-        """Log-scores [B, L, V] for ids x_BL at total noise sigma (shape [], [B] or [B, 1])."""
+    def forward(self, x_BL: Tensor, sigma: Tensor, attn_mask: Tensor | None = None,
+                positions: Tensor | None = None,
+                kv_cache: list[dict[str, Tensor]] | None = None) -> Tensor:
+        """Log-scores [B, L, V] for ids x_BL at total noise sigma (shape [], [B] or [B, 1]).
+
+        Bidirectional by default (SEDD). Block diffusion (`sedd_backend.blocks`) passes a
+        boolean `attn_mask` [B, 1, L, L] (True = may attend), the rotary `positions` ([L], or
+        [B, L] per row) of its tokens, and for cached decoding one `kv_cache` dict per block
+        (see `DDiTBlock.forward`).
+        """
         sigma_B = torch.as_tensor(sigma, device=x_BL.device).reshape(-1).expand(x_BL.shape[0])
         h_BLH = self.vocab_embed(x_BL)
         c_BC = F.silu(self.sigma_map(sigma_B))
-        rotary = self.rotary_emb(x_BL.shape[1])
+        if not self.time_conditioning:
+            c_BC = torch.zeros_like(c_BC)
+        if positions is None:
+            positions = torch.arange(x_BL.shape[1], device=x_BL.device)
+        rotary = self.rotary_emb(positions)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x_BL.is_cuda):
-            for block in self.blocks:
-                h_BLH = block(h_BLH, rotary, c_BC)
+            for i, block in enumerate(self.blocks):
+                h_BLH = block(h_BLH, rotary, c_BC, attn_mask,
+                              kv_cache[i] if kv_cache is not None else None)
             out_BLV = self.output_layer(h_BLH, c_BC).float()
         if self.scale_by_sigma:
             # Centre the log-score of a masked position near 0: the true score there is of

@@ -5,11 +5,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import cal_acc_gsm
 import evaluation_batch
 from conftest import ROOT
 from dot.config import compose_config
+from dot.loading import load_for_eval
 from dot.train import Trainer
 
 TINY = ["data.task=mult2x2", "data.tokenizer=symbols", "training.batch_size=8",
@@ -19,10 +21,10 @@ TINY = ["data.task=mult2x2", "data.tokenizer=symbols", "training.batch_size=8",
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Run folders under <tmp>/exp_local: Plaid, SEDD, then (newest) AR."""
+    """Run folders under <tmp>/exp_local: Plaid, SEDD, SEDD with blocks, then (newest) AR."""
     root = tmp_path_factory.mktemp("work")
     made = {}
-    for name in ("plaid", "sedd", "ar"):
+    for name in ("plaid", "sedd", "sedd_block", "ar"):
         run = root / "exp_local" / "mult2x2" / f"run_{name}"
         trainer = Trainer(compose_config([f"backbone={name}", *TINY]), run)
         trainer.train_step()
@@ -47,6 +49,21 @@ def test_evaluation_batch_writes_results_and_summary(runs, capsys):
     summary = json.loads(out.with_suffix(".summary.json").read_text())
     assert set(summary["sc"]) == {"1", "2"}
     assert "SC@k" in capsys.readouterr().out
+
+
+def test_block_diffusion_run_decodes_block_by_block(runs):
+    """The run's backbone.block_tokens survives the checkpoint: T steps (+ denoiser) per block."""
+    _, made = runs
+    out = made["sedd_block"] / "eval" / "blocks"
+    assert evaluation_batch.main(["--weights_path", str(made["sedd_block"]), "--limit", "4",
+                                  "--sampling_timesteps", "2", "--output", str(out),
+                                  "--no_progress"]) == 0
+    records = [json.loads(l) for l in out.with_suffix(".jsonl").read_text().splitlines()]
+    assert len(records) == 4
+    # whole blocks of 2 network calls each (2 confidence steps; nothing left for a denoiser)
+    assert all(r["nfe"] % 2 == 0 and r["nfe"] >= 2 for r in records)
+    backbone, _ = load_for_eval(str(made["sedd_block"]), torch.device("cpu"))
+    assert backbone.block_tokens == 2 and not backbone.model.time_conditioning
 
 
 def test_backbone_specific_flags_are_rejected_by_name(runs, capsys):

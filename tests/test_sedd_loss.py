@@ -151,3 +151,22 @@ def test_cross_entropy_objective_by_hand_and_its_scores():
     assert torch.allclose(scores[..., :N].sum(-1), (1 / expm1_sigma(sigma))[:, None].expand(3, 6),
                           rtol=1e-5)
     assert torch.allclose(scores[..., N], torch.ones(3, 6))
+
+
+def test_token_accuracy_counts_masked_target_positions_only():
+    graph, x0, fixed, logits = setup("absorb", B=4, L=10)
+    perfect = torch.full_like(logits, -5.0).scatter(-1, x0[..., None], 5.0)
+    wrong = torch.full_like(logits, -5.0).scatter(-1, ((x0 + 1) % N)[..., None], 5.0)
+    for scores, expected in ((perfect, 1.0), (wrong, 0.0)):
+        stats = {}
+        model = FixedLogits(scores)
+        score_entropy_loss(model, graph, LogLinearNoise(), x0, fixed,
+                           RowRandom(2, 0, torch.arange(4)), stats=stats)
+        assert ((model.seen[0] == N) & ~fixed).any() and stats["token_acc"] == expected
+    # half right: right on the first five positions (two are fixed), wrong after
+    mixed = torch.cat([perfect[:, :5], wrong[:, 5:]], dim=1)
+    stats, model = {}, FixedLogits(mixed)
+    score_entropy_loss(model, graph, LogLinearNoise(), x0, fixed,
+                       RowRandom(2, 0, torch.arange(4)), stats=stats)
+    masked = (model.seen[0] == N) & ~fixed
+    assert stats["token_acc"] == pytest.approx(masked[:, :5].sum().item() / masked.sum().item())

@@ -137,7 +137,7 @@ def test_rotary_is_rotate_half_rotation_by_position():
     assert torch.allclose(got, torch.cat([z.real, z.imag], -1))
     # and the module's tables are these tables
     model = DDiT(11, 32, 16, n_heads=4, n_blocks=1)
-    cos, sin = model.rotary_emb(L)
+    cos, sin = model.rotary_emb(torch.arange(L))
     assert torch.allclose(cos.double(), cos_LD, atol=1e-6) and torch.allclose(sin.double(), sin_LD, atol=1e-6)
 
 

@@ -1,0 +1,210 @@
+"""Block diffusion: denoise a few target tokens at a time, blocks left to right (an option).
+
+The target (everything after the fixed prefix) is cut into blocks of `size` tokens. Inside a
+block the tokens are denoised jointly, in any order, as in SEDD; across blocks the model is
+causal: a block sees the clean prefix and the clean earlier blocks, never a later one. So
+`size=1` is an autoregressive model and `size >= seq_len` is single-pass DoT; in between, each
+block is a small DoT pass conditioned on the question and the reasoning so far (DoT-MP with
+thoughts of a fixed token length). Idea and training layout: Arriola et al. 2025, "Block
+Diffusion" (BD3-LM).
+
+Why: a masked-diffusion model trained on whole rationales must learn every conditional
+"digit i given any subset of the others", most of which need carries it has not seen. With
+small blocks the conditionals it must learn are (nearly) those of a left-to-right solver, and
+every block of every row is trained in one forward pass (at twice the row length). What this
+buys on our CPU benchmarks is measured in the README. Decoding spends `steps` reverse steps
+per block.
+
+Training row (length 2L): the noisy tokens, then a clean copy, both at rotary positions 0..L-1
+(the noisy copy starts at the first generated position, so it is shorter by the shortest prompt):
+    noisy q -> noisy k  iff block(k) == block(q)
+    noisy q -> clean k  iff block(k) <  block(q)
+    clean q -> clean k  iff block(k) <= block(q)
+Decoding needs no copy: the row holds the clean blocks so far and the current (noisy) block,
+with `block(k) <= block(q)`, which gives each query exactly the view it had in training.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from dot.backbone import SampleResult
+from sedd_backend.graph import Graph
+from sedd_backend.noise import Noise
+from sedd_backend.sampling import pc_sample
+
+# (x_BL, sigma_B, attn_mask_B1LL) -> log-scores [B, L, V]
+MaskedLogScore = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def block_ids(fixed_BL: Tensor, size: int) -> Tensor:
+    """Block index of every position: 0 on the fixed prefix, then 1 + (target rank // size)."""
+    if size < 1:
+        raise ValueError(f"backbone.block_tokens must be >= 1, got {size}")
+    rank_BL = (~fixed_BL).long().cumsum(1) - 1
+    return torch.where(fixed_BL, 0, 1 + rank_BL.clamp(min=0) // size)
+
+
+def block_causal_mask(blocks_BL: Tensor) -> Tensor:
+    """[B, 1, L, L]: query q may attend key k iff block(k) <= block(q)."""
+    return (blocks_BL[:, None, :] <= blocks_BL[:, :, None])[:, None]
+
+
+def training_mask(blocks_BL: Tensor, start: int = 0) -> Tensor:
+    """[B, 1, N+L, N+L] mask of the noisy copy of positions start.. (N of them), then the clean row.
+
+    See the module docstring; positions before `start` are fixed in every row, so their noisy
+    copy would only repeat the clean one and is left out.
+    """
+    q_BN1, k_B1N = blocks_BL[:, start:, None], blocks_BL[:, None, start:]
+    q_BL1, k_B1L = blocks_BL[:, :, None], blocks_BL[:, None, :]
+    noisy_rows = torch.cat([q_BN1 == k_B1N, k_B1L < q_BN1], dim=2)
+    clean_rows = torch.cat([torch.zeros_like(q_BL1 == k_B1N), k_B1L <= q_BL1], dim=2)
+    return torch.cat([noisy_rows, clean_rows], dim=1)[:, None]
+
+
+def two_copy_model(model: Callable[..., Tensor], x0_BL: Tensor, fixed_BL: Tensor,
+                   size: int) -> Callable[[Tensor, Tensor], Tensor]:
+    """`(xt_BL, sigma_B) -> log-scores [B, L, V]` of the noisy tokens, every block at once.
+
+    Positions fixed in every row (the shortest prompt) get no noisy copy, so their log-scores
+    come back as zeros; the loss never reads them.
+    """
+    length = x0_BL.shape[1]
+    start = int((~fixed_BL).long().argmax(1).min())  # first position some row generates
+    blocks_BL = block_ids(fixed_BL, size)
+    mask = training_mask(blocks_BL, start)
+    positions = torch.cat([torch.arange(start, length), torch.arange(length)]).to(x0_BL.device)
+
+    def log_score(xt_BL: Tensor, sigma_B: Tensor) -> Tensor:
+        out_BNV = model(torch.cat([xt_BL[:, start:], x0_BL], dim=1), sigma_B, mask,
+                        positions)[:, :length - start]
+        return torch.cat([out_BNV.new_zeros(out_BNV.shape[0], start, out_BNV.shape[2]), out_BNV], 1)
+    return log_score
+
+
+class PrefixCache:
+    """Keys and values of the clean prefix at every layer, for cached block decoding.
+
+    Exact only for a network that ignores sigma (`backbone.time_conditioning=false`): then a
+    clean token's keys and values depend on nothing but the clean tokens of its own and
+    earlier blocks, so they are computed once. A finished block is not run again on its own:
+    it rides along (as `pending`) with the first denoising call of the next block, where its
+    queries see the cache and itself and the new block's queries see all of it.
+    Cache slots are per row: the prompt (padded to the longest), then `size` slots a block;
+    `valid_BS` marks the slots that hold a real token.
+    """
+
+    def __init__(self, log_score: Callable[..., Tensor], n_layers: int, slots: int,
+                 prompt_ids_BP: Tensor, prompt_valid_BP: Tensor):
+        self.log_score = log_score
+        self.layers: list[dict] = [{"n": 0, "slots": slots} for _ in range(n_layers)]
+        self.valid_BS = prompt_valid_BP[:, :0]
+        positions_BP = torch.arange(prompt_ids_BP.shape[1], device=prompt_ids_BP.device)
+        self.pending = (prompt_ids_BP, positions_BP.expand_as(prompt_ids_BP), prompt_valid_BP)
+
+    def keep(self, rows_B: Tensor) -> None:
+        """Drop the rows that left the batch (`rows_B` indexes the rows that stay)."""
+        if len(rows_B) == len(self.valid_BS):
+            return
+        for kv in self.layers:
+            if "k" in kv:
+                kv["k"], kv["v"] = kv["k"][rows_B], kv["v"][rows_B]
+        self.valid_BS = self.valid_BS[rows_B]
+        self.pending = tuple(t[rows_B] for t in self.pending)
+
+    def score_fn(self, positions_BN: Tensor, valid_BN: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+        """Scores of a block at `positions_BN` (False in `valid_BN` past the row's end)."""
+        def score(x_BN: Tensor, sigma_B: Tensor) -> Tensor:
+            x_in, pos_in, n_pending = x_BN, positions_BN, 0
+            keys_BK = torch.cat([self.valid_BS, valid_BN], 1)
+            query_keys = keys_BK[:, None].expand(-1, x_BN.shape[1], -1)
+            if self.pending is not None:
+                ids_BP, pos_BP, valid_BP = self.pending
+                n_pending = ids_BP.shape[1]
+                x_in, pos_in = torch.cat([ids_BP, x_BN], 1), torch.cat([pos_BP, positions_BN], 1)
+                keys_BK = torch.cat([self.valid_BS, valid_BP, valid_BN], 1)
+                clean_keys = torch.cat([self.valid_BS, valid_BP, torch.zeros_like(valid_BN)], 1)
+                query_keys = torch.cat([clean_keys[:, None].expand(-1, n_pending, -1),
+                                        keys_BK[:, None].expand(-1, x_BN.shape[1], -1)], 1)
+            out_BNV = self.log_score(x_in, sigma_B, query_keys[:, None], pos_in, self.layers)
+            if n_pending:  # keep the clean block's keys and values, not the noisy block's
+                for kv in self.layers:
+                    kv["n"] += n_pending
+                self.valid_BS = torch.cat([self.valid_BS, self.pending[2]], 1)
+                self.pending = None
+            return out_BNV[:, n_pending:].exp()
+        return score
+
+
+def sample_blocks(log_score: Callable[..., Tensor], graph: Graph, noise: Noise, ids_BL: Tensor,
+                  fixed_BL: Tensor, size: int, steps: int, generator: torch.Generator, *,
+                  eos_id: int, pad_id: int, predictor: str, denoise: bool,
+                  record_chain: bool = False, skip_finished: bool = False,
+                  n_layers: int | None = None) -> SampleResult:
+    """Fill the non-fixed positions block by block, `steps` reverse steps (PC loop) per block.
+
+    `log_score(x, sigma, attn_mask, positions, kv_cache)` is the network. With `n_layers`
+    (its number of transformer blocks) the clean prefix is cached (`PrefixCache`), so a call
+    processes the block's tokens only; otherwise each call reruns the whole prefix. Both give
+    the same scores up to float rounding (tested). Rows whose block emitted EOS or PAD leave
+    the batch (training targets hold PAD only after EOS, or after a DoT-MP thought); their
+    remaining positions become PAD. `skip_finished` is `pc_sample`'s. `nfe` counts the network calls of the
+    longest row. A recorded chain holds the whole row after every step, with
+    not-yet-generated positions masked.
+    """
+    if not graph.absorb:
+        raise ValueError("block diffusion (backbone.block_tokens) needs graph.type=absorb")
+    mask_id = graph.dim - 1
+    length = ids_BL.shape[1]
+    blocks_BL = block_ids(fixed_BL, size)
+    prompt_B = fixed_BL.sum(1)
+    x_BL = torch.where(fixed_BL, ids_BL, mask_id)
+    active_B = torch.ones(ids_BL.shape[0], dtype=torch.bool, device=ids_BL.device)
+    cache = None
+    if n_layers is not None:
+        width = int(prompt_B.max())
+        prompt_valid = torch.arange(width, device=ids_BL.device)[None] < prompt_B[:, None]
+        slots = width + int(blocks_BL.max()) * size
+        cache = PrefixCache(log_score, n_layers, slots, ids_BL[:, :width], prompt_valid)
+    chain: list[Tensor] = []
+    nfe = 0
+    for block in range(1, int(blocks_BL.max()) + 1):
+        rows = active_B.nonzero().squeeze(1)
+        if cache is not None:  # the block's own tokens only
+            positions_RN = (prompt_B[rows, None] + (block - 1) * size
+                            + torch.arange(size, device=ids_BL.device))
+            valid_RN = positions_RN < length
+            start_RN = torch.where(valid_RN, mask_id, pad_id)
+            score = cache.score_fn(positions_RN, valid_RN)
+        else:  # the row up to the block's end; later positions are never attended
+            in_block_RL = blocks_BL[rows] == block
+            end = int(in_block_RL.nonzero()[:, 1].max()) + 1 if in_block_RL.any() else 0
+            valid_RN, view_RN = in_block_RL[:, :end], blocks_BL[rows, :end]
+            positions_RN = torch.arange(end, device=ids_BL.device).expand_as(view_RN)
+            # later blocks (of rows with a shorter prefix) are neither masked nor generated here
+            start_RN = torch.where(view_RN > block, pad_id, x_BL[rows, :end])
+            attn_mask = block_causal_mask(view_RN)
+            score = lambda x, sigma: log_score(x, sigma, attn_mask).exp()  # noqa: E731
+        if not valid_RN.any():
+            break
+        where = (rows[:, None].expand_as(positions_RN)[valid_RN], positions_RN[valid_RN])
+        result = pc_sample(
+            score, graph, noise, tuple(start_RN.shape), steps, generator, predictor=predictor,
+            denoise=denoise, project=lambda x: torch.where(valid_RN, x, start_RN),
+            device=ids_BL.device, record_chain=record_chain, skip_finished=skip_finished)
+        nfe += result.nfe
+        for state_RN in result.chain or []:
+            chain.append(x_BL.index_put(where, state_RN[valid_RN]))
+        x_BL[where] = result.ids[valid_RN]
+        ended_RN = (result.ids == eos_id) | (result.ids == pad_id)
+        active_B[rows] = ~(ended_RN & valid_RN).any(1)
+        if cache is not None:
+            cache.pending = (result.ids, positions_RN, valid_RN)
+            cache.keep(active_B[rows].nonzero().squeeze(1))
+        if not active_B.any():
+            break
+    x_BL = torch.where(x_BL == mask_id, pad_id, x_BL)
+    return SampleResult(x_BL, nfe, chain if record_chain else None)

@@ -1,0 +1,149 @@
+"""Block diffusion: block layout, the training/decoding view equivalence, and block decoding."""
+import torch
+from hydra import compose, initialize_config_dir
+
+from dot.backbone import backbone_class
+from dot.tokenization import load_tokenizer
+from sedd_backend.blocks import block_causal_mask, block_ids, training_mask, two_copy_model
+
+torch.set_num_threads(1)
+CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
+
+
+def make(block_tokens, predictor="confidence"):
+    overrides = ["model=tiny", "model.n_blocks=2", f"backbone.block_tokens={block_tokens}",
+                 f"sampling.predictor={predictor}"]
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        cfg = compose("config", overrides=overrides)
+    torch.manual_seed(0)
+    bb = backbone_class("sedd").from_config(cfg, load_tokenizer("char"))
+    with torch.no_grad():  # open the zero-initialised gates and output layer
+        for p in bb.model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return bb
+
+
+def test_block_ids_by_hand():
+    fixed = torch.tensor([[1, 1, 1, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    assert block_ids(fixed, 2).tolist() == [[0, 0, 0, 1, 1, 2, 2, 3], [0, 1, 1, 2, 2, 3, 3, 4]]
+    assert block_ids(fixed, 100).tolist() == [[0, 0, 0, 1, 1, 1, 1, 1], [0] + [1] * 7]
+
+
+def test_masks_by_hand():
+    blocks = torch.tensor([[0, 1, 1, 2]])
+    causal = block_causal_mask(blocks)[0, 0].int().tolist()
+    assert causal == [[1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
+    two = training_mask(blocks)[0, 0].int()
+    # noisy token of block 1 sees its own (noisy) block and the clean prefix only
+    assert two[1].tolist() == [0, 1, 1, 0, 1, 0, 0, 0]
+    # noisy token of block 2 sees only itself among noisy tokens, clean blocks 0 and 1
+    assert two[3].tolist() == [0, 0, 0, 1, 1, 1, 1, 0]
+    # clean tokens never see noisy ones; among clean tokens the mask is block-causal
+    assert two[4:, :4].sum() == 0 and two[4:, 4:].tolist() == causal
+    # one-token blocks: the clean half is an ordinary causal mask over the target
+    ones = training_mask(torch.tensor([[0, 1, 2, 3]]))[0, 0, 4:, 4:]
+    assert torch.equal(ones, torch.tril(torch.ones(4, 4, dtype=torch.bool)))
+
+
+def test_training_view_equals_decoding_view():
+    """Every noisy block gets, in the one-pass training layout, the log-scores it gets when
+    decoding reaches it (clean earlier blocks, this block noisy, nothing after it)."""
+    bb, size = make(3), 3
+    V, L = bb.tokenizer.vocab_size, 13
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randint(0, V, (2, L), generator=g)
+    fixed = torch.zeros(2, L, dtype=torch.bool)
+    fixed[0, :4], fixed[1, :6] = True, True
+    mask_id = bb.graph.dim - 1
+    xt = torch.where(~fixed & (torch.rand(2, L, generator=g) < 0.5), mask_id, x0)
+    sigma = torch.tensor([0.7, 2.0])
+    with torch.no_grad():
+        trained = two_copy_model(bb.model, x0, fixed, size)(xt, sigma)
+        blocks = block_ids(fixed, size)
+        for row in range(2):
+            for b in range(1, int(blocks[row].max()) + 1):
+                end = int((blocks[row] == b).nonzero().max()) + 1
+                view = torch.where(blocks[row, :end] == b, xt[row, :end], x0[row, :end])[None]
+                decoded = bb.model(view, sigma[row:row + 1], block_causal_mask(blocks[row:row + 1, :end]))
+                here = blocks[row, :end] == b
+                torch.testing.assert_close(decoded[0, here], trained[row, :end][here],
+                                           atol=1e-4, rtol=1e-4)
+
+
+def test_block_decoding_fills_the_target_and_keeps_the_prefix():
+    bb = make(4)
+    tok = bb.tokenizer
+    ids = torch.full((3, 14), tok.pad_id)
+    fixed = torch.zeros(3, 14, dtype=torch.bool)
+    for row, n in enumerate((3, 5, 9)):
+        ids[row, :n] = torch.arange(10, 10 + n)
+        fixed[row, :n] = True
+    out = bb.sample(ids, fixed, steps=4, generator=torch.Generator().manual_seed(0),
+                    record_chain=True)
+    assert torch.equal(out.ids[fixed], ids[fixed])
+    assert (out.ids < tok.vocab_size).all()  # no mask left anywhere
+    # the longest row needs ceil(11 / 4) = 3 blocks of 4 steps + noise removal, unless all
+    # rows stopped at EOS earlier
+    assert out.nfe in (5, 10, 15) and len(out.chain) == out.nfe
+    # the chain reveals blocks left to right: a position is never unmasked before the
+    # positions of earlier blocks are all revealed
+    blocks = block_ids(fixed, 4)
+    for frame in out.chain:
+        masked = frame == bb.graph.dim - 1
+        for row in range(3):
+            if masked[row].any():
+                first_open = int(blocks[row][masked[row]].min())
+                assert not masked[row][blocks[row] < first_open].any()
+
+
+def test_one_token_blocks_decode_greedily_left_to_right():
+    """With 1-token blocks and one step each, block decoding is greedy autoregressive
+    decoding: each token is the denoiser's argmax given the tokens before it."""
+    bb = make(1)
+    tok = bb.tokenizer
+    prefix = [12, 13, 14]
+    ids = torch.full((1, 8), tok.pad_id)
+    ids[0, :3] = torch.tensor(prefix)
+    fixed = torch.zeros(1, 8, dtype=torch.bool)
+    fixed[0, :3] = True
+    out = bb.sample(ids, fixed, steps=1, generator=torch.Generator().manual_seed(0),
+                    predictor="confidence", noise_removal=False).ids[0]
+    mask_id = bb.graph.dim - 1
+    for p in range(3, 8):
+        if out[p - 1] == tok.eos_id and p > 3:
+            break
+        view = torch.cat([out[:p], torch.tensor([mask_id])])[None]
+        blocks = block_ids(torch.arange(p + 1)[None] < 3, 1)  # prefix, then 1 token per block
+        with torch.no_grad():
+            scores = bb.log_score(view, bb.noise.total_noise(torch.tensor([1.0])),
+                                  block_causal_mask(blocks))
+        assert int(scores[0, -1, :-1].argmax()) == int(out[p])
+
+
+def test_cached_block_decoding_equals_recomputing_the_prefix():
+    """With a sigma-blind network the prefix cache changes no token and no network count:
+    rows of different prompt lengths, a last block cut by the row end, rows stopping at EOS.
+    (The confidence predictor is deterministic given the scores; a sampling predictor would
+    draw its noise for a differently shaped tensor in each path.)"""
+    bb = make(3, predictor="confidence")
+    bb.model.time_conditioning = False
+    tok = bb.tokenizer
+    L = 17
+    ids = torch.full((4, L), tok.pad_id)
+    fixed = torch.zeros(4, L, dtype=torch.bool)
+    for row, n in enumerate((3, 5, 6, 10)):
+        ids[row, :n] = torch.arange(10, 10 + n)
+        fixed[row, :n] = True
+    with torch.no_grad():  # make EOS likely enough that some rows stop early
+        bb.model.output_layer.linear.bias[tok.eos_id] += 4.5
+    outs = {}
+    for cached in (True, False):
+        bb.cfg.sampling.kv_cache = cached
+        outs[cached] = bb.sample(ids, fixed, steps=3, generator=torch.Generator().manual_seed(5),
+                                 record_chain=True)
+    assert torch.equal(outs[True].ids, outs[False].ids)
+    assert outs[True].nfe == outs[False].nfe
+    assert all(torch.equal(a, b) for a, b in zip(outs[True].chain, outs[False].chain))
+    assert len(outs[True].chain) == len(outs[False].chain)
+    ends = (outs[True].ids == tok.eos_id).any(1)
+    assert ends.any() and not ends.all()  # both kinds of rows were exercised
