@@ -284,7 +284,11 @@ class Trainer:
             m = self.train_step()
             window.append(m)
             bar.update(1)
-            bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}", refresh=False)
+            post = {"loss": f"{m['loss']:.4f}", "lr": f"{m['lr']:.2e}"}
+            if tcfg.max_minutes is not None:  # the bar's ETA counts n_iters; this is the budget
+                left = max(0.0, 60 * tcfg.max_minutes - (time.perf_counter() - started))
+                post["budget_left"] = f"{int(left // 60)}:{int(left % 60):02d}"
+            bar.set_postfix(post, refresh=False)
             is_eval = bool(tcfg.eval_freq) and self.step % tcfg.eval_freq == 0
             if is_eval or self.step % tcfg.log_freq == 0 or self.step == tcfg.n_iters:
                 row = {k: sum(w[k] for w in window) / len(window) for k in window[0]}

@@ -129,7 +129,9 @@ class SEDDBackbone(Backbone):
 
         Options: `predictor` (see `sedd_backend.sampling.PREDICTORS`) and `noise_removal`
         (final denoiser); defaults from `cfg.sampling`. `cfg.sampling.skip_finished` stops
-        network calls once no position is masked (identical ids, lower nfe). With
+        network calls once no position is masked (identical ids, lower nfe);
+        `cfg.sampling.reuse_unchanged` lets a sigma-blind network's confidence steps reuse the
+        previous call when nothing was revealed (identical ids, lower nfe). With
         `backbone.block_tokens` the target is decoded block by block, `steps` per block, with
         the clean prefix cached when that is exact (`backbone.time_conditioning=false`) unless
         `cfg.sampling.kv_cache` is false.
@@ -145,6 +147,9 @@ class SEDDBackbone(Backbone):
         self.model.eval()
         predictor = options.get("predictor", sampling.predictor)
         denoise = bool(options.get("noise_removal", sampling.noise_removal))
+        savings = {"skip_finished": bool(sampling.get("skip_finished", False)),
+                  "reuse_unchanged": (not self.model.time_conditioning
+                                      and bool(sampling.get("reuse_unchanged", True)))}
         try:
             if self.block_tokens:
                 tok = self.tokenizer
@@ -152,16 +157,14 @@ class SEDDBackbone(Backbone):
                 result = sample_blocks(self.log_score, self.graph, self.noise, ids_BL, fixed_BL,
                                        self.block_tokens, steps, generator, eos_id=tok.eos_id,
                                        pad_id=tok.pad_id, predictor=predictor, denoise=denoise,
-                                       record_chain=record_chain,
-                                       skip_finished=bool(sampling.get("skip_finished", False)),
+                                       record_chain=record_chain, **savings,
                                        n_layers=len(self.model.blocks) if cached else None)
             else:
                 result = pc_sample(
                     lambda x_BL, sigma_B: self.log_score(x_BL, sigma_B).exp(), self.graph,
                     self.noise, tuple(ids_BL.shape), steps, generator, predictor=predictor,
                     denoise=denoise, project=lambda x_BL: torch.where(fixed_BL, ids_BL, x_BL),
-                    device=device, record_chain=record_chain,
-                    skip_finished=bool(sampling.get("skip_finished", False)))
+                    device=device, record_chain=record_chain, **savings)
         finally:
             self.model.train(was_training)
         back = input_ids.device

@@ -143,7 +143,7 @@ def sample_blocks(log_score: Callable[..., Tensor], graph: Graph, noise: Noise, 
                   fixed_BL: Tensor, size: int, steps: int, generator: torch.Generator, *,
                   eos_id: int, pad_id: int, predictor: str, denoise: bool,
                   record_chain: bool = False, skip_finished: bool = False,
-                  n_layers: int | None = None) -> SampleResult:
+                  reuse_unchanged: bool = False, n_layers: int | None = None) -> SampleResult:
     """Fill the non-fixed positions block by block, `steps` reverse steps (PC loop) per block.
 
     `log_score(x, sigma, attn_mask, positions, kv_cache)` is the network. With `n_layers`
@@ -151,8 +151,8 @@ def sample_blocks(log_score: Callable[..., Tensor], graph: Graph, noise: Noise, 
     processes the block's tokens only; otherwise each call reruns the whole prefix. Both give
     the same scores up to float rounding (tested). Rows whose block emitted EOS or PAD leave
     the batch (training targets hold PAD only after EOS, or after a DoT-MP thought); their
-    remaining positions become PAD. `skip_finished` is `pc_sample`'s. `nfe` counts the network calls of the
-    longest row. A recorded chain holds the whole row after every step, with
+    remaining positions become PAD. `skip_finished` and `reuse_unchanged` are `pc_sample`'s.
+    `nfe` counts the network calls of the longest row. A recorded chain holds the whole row after every step, with
     not-yet-generated positions masked.
     """
     if not graph.absorb:
@@ -194,7 +194,8 @@ def sample_blocks(log_score: Callable[..., Tensor], graph: Graph, noise: Noise, 
         result = pc_sample(
             score, graph, noise, tuple(start_RN.shape), steps, generator, predictor=predictor,
             denoise=denoise, project=lambda x: torch.where(valid_RN, x, start_RN),
-            device=ids_BL.device, record_chain=record_chain, skip_finished=skip_finished)
+            device=ids_BL.device, record_chain=record_chain, skip_finished=skip_finished,
+            reuse_unchanged=reuse_unchanged)
         nfe += result.nfe
         for state_RN in result.chain or []:
             chain.append(x_BL.index_put(where, state_RN[valid_RN]))

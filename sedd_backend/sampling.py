@@ -90,19 +90,39 @@ class ConfidencePredictor(Predictor):
     revealing random positions with sampled tokens. On tasks with one right answer this
     sequential-looking order is far more accurate at few steps; it is deterministic given the
     scores (the generator is unused).
+
+    With `reuse_unchanged` a step whose input equals the previous step's reuses that step's
+    denoised guesses instead of calling the network. That is exact when the network ignores
+    sigma (`DDiT(time_conditioning=False)`): sigma then only rescales each position's scores
+    by a constant, which the normalisation below removes. It saves the calls of steps that
+    revealed nothing (T larger than the number of masked positions, e.g. in small blocks).
     """
+
+    def __init__(self, graph: Graph, noise: Noise):
+        super().__init__(graph, noise)
+        self.reuse_unchanged = False
+        self._last: tuple[Tensor, Tensor, Tensor] | None = None
 
     def priority(self, confidence_BL: Tensor) -> Tensor:
         """Which masked positions to reveal first (highest first)."""
         return confidence_BL
+
+    def denoised(self, score_fn: ScoreFn, x_BL: Tensor, sigma_B: Tensor) -> tuple[Tensor, Tensor]:
+        """(probability, token) of each position's most likely clean token."""
+        if self._last is not None and torch.equal(self._last[0], x_BL):
+            return self._last[1], self._last[2]
+        clean_BLV = self.tweedie_probs(score_fn, x_BL, sigma_B, sigma_B)[..., :-1].clamp(min=0)
+        confidence_BL, token_BL = (clean_BLV / clean_BLV.sum(-1, keepdim=True)).max(-1)
+        if self.reuse_unchanged:
+            self._last = (x_BL.clone(), confidence_BL, token_BL)
+        return confidence_BL, token_BL
 
     def probs(self, score_fn: ScoreFn, x_BL: Tensor, t_B: Tensor, dt: float) -> Tensor:
         if not self.graph.absorb:
             raise ValueError("the confidence predictor needs the absorbing graph (graph.type=absorb)")
         sigma_B = self.noise.total_noise(t_B)
         stay_B = -torch.expm1(-self.noise.total_noise(t_B - dt)) / -torch.expm1(-sigma_B)
-        clean_BLV = self.tweedie_probs(score_fn, x_BL, sigma_B, sigma_B)[..., :-1].clamp(min=0)
-        confidence_BL, token_BL = (clean_BLV / clean_BLV.sum(-1, keepdim=True)).max(-1)
+        confidence_BL, token_BL = self.denoised(score_fn, x_BL, sigma_B)
         masked_BL = x_BL == self.graph.dim - 1
         n_masked_B = masked_BL.sum(1)
         n_reveal_B = n_masked_B - torch.round(n_masked_B * stay_B.clamp(0, 1)).long()
@@ -136,23 +156,33 @@ def pc_sample(score_fn: ScoreFn, graph: Graph, noise: Noise, shape: tuple[int, i
               steps: int, generator: torch.Generator, predictor: str = "analytic",
               denoise: bool = True, project: Callable[[Tensor], Tensor] = lambda x: x,
               device: torch.device | str = "cpu", record_chain: bool = False,
-              skip_finished: bool = False, eps: float = SAMPLER_EPS) -> SampleResult:
+              skip_finished: bool = False, reuse_unchanged: bool = False,
+              eps: float = SAMPLER_EPS) -> SampleResult:
     """The predictor loop with projection P (spec §6.3), for any number of steps >= 1.
 
     x starts at the limit distribution; at times linspace(1, eps, steps + 1) P is applied and
     one predictor step taken; then (if `denoise`) P and the denoiser at t = eps, and P once
     more. `skip_finished` (absorbing graph only) stops calling the network once no position
     is masked: every remaining step would keep all tokens, so the result is unchanged and
-    only `nfe` drops.
+    only `nfe` drops. `reuse_unchanged` is `ConfidencePredictor`'s (only valid for a network
+    that ignores sigma). `nfe` counts the network calls made.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     step = get_predictor(predictor, graph, noise)
+    if isinstance(step, ConfidencePredictor):
+        step.reuse_unchanged = reuse_unchanged
+    calls = 0
+
+    def counted_score(x: Tensor, sigma: Tensor) -> Tensor:
+        nonlocal calls
+        calls += 1
+        return score_fn(x, sigma)
+
     times = torch.linspace(1, eps, steps + 1, device=device)
     dt = (1 - eps) / steps
     x_BL = graph.sample_limit(*shape, generator=generator, device=device)
     chain: list[Tensor] = []
-    nfe = 0
     updates = [(step, times[i]) for i in range(steps)]
     if denoise:
         updates.append((Denoiser(graph, noise), times[steps]))
@@ -160,8 +190,7 @@ def pc_sample(score_fn: ScoreFn, graph: Graph, noise: Noise, shape: tuple[int, i
         x_BL = project(x_BL)
         if not (skip_finished and graph.absorb and not (x_BL == graph.dim - 1).any()):
             t_B = t.expand(shape[0])
-            x_BL = sample_categorical(update.probs(score_fn, x_BL, t_B, dt), generator)
-            nfe += 1
+            x_BL = sample_categorical(update.probs(counted_score, x_BL, t_B, dt), generator)
         if record_chain:
             chain.append(project(x_BL))
-    return SampleResult(project(x_BL), nfe, chain if record_chain else None)
+    return SampleResult(project(x_BL), calls, chain if record_chain else None)

@@ -12,7 +12,7 @@ CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
 
 
 def make(graph="absorb"):
-    overrides = ["model=tiny", "model.n_blocks=1", f"graph.type={graph}"]
+    overrides = ["backbone=sedd", "model=tiny", "model.n_blocks=1", f"graph.type={graph}"]
     if graph == "uniform":
         overrides.append("model.scale_by_sigma=false")
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):

@@ -11,7 +11,7 @@ CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
 
 
 def make(block_tokens, predictor="confidence"):
-    overrides = ["model=tiny", "model.n_blocks=2", f"backbone.block_tokens={block_tokens}",
+    overrides = ["backbone=sedd", "model=tiny", "model.n_blocks=2", f"backbone.block_tokens={block_tokens}",
                  f"sampling.predictor={predictor}"]
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         cfg = compose("config", overrides=overrides)
@@ -147,3 +147,30 @@ def test_cached_block_decoding_equals_recomputing_the_prefix():
     assert len(outs[True].chain) == len(outs[False].chain)
     ends = (outs[True].ids == tok.eos_id).any(1)
     assert ends.any() and not ends.all()  # both kinds of rows were exercised
+
+
+def test_confidence_steps_that_reveal_nothing_reuse_the_last_call():
+    """T = 8 steps for 2-token blocks: at most two steps per block reveal a token. With a
+    sigma-blind network reusing the last call in the others changes no state of the chain,
+    and the calls drop to at most one per token of the block."""
+    bb = make(2, predictor="confidence")
+    bb.model.time_conditioning = False
+    bb.cfg.sampling.skip_finished = True
+    tok = bb.tokenizer
+    L, prompt = 15, 5
+    ids = torch.full((3, L), tok.pad_id)
+    ids[:, :prompt] = torch.arange(10, 10 + prompt)
+    fixed = torch.zeros(3, L, dtype=torch.bool)
+    fixed[:, :prompt] = True
+    with torch.no_grad():  # rows run to the end of the row
+        bb.model.output_layer.linear.bias[[tok.eos_id, tok.pad_id]] = -1e4
+    outs = {}
+    for reuse in (True, False):
+        bb.cfg.sampling.reuse_unchanged = reuse
+        outs[reuse] = bb.sample(ids, fixed, steps=8, generator=torch.Generator().manual_seed(3),
+                                record_chain=True)
+    assert torch.equal(outs[True].ids, outs[False].ids)
+    assert all(torch.equal(a, b) for a, b in zip(outs[True].chain, outs[False].chain))
+    n_blocks = (L - prompt) // 2
+    assert outs[False].nfe >= 7 * n_blocks  # every step but the finished ones calls
+    assert outs[True].nfe <= 2 * n_blocks

@@ -168,7 +168,7 @@ def test_unknown_folder_and_bad_paths(tmp_path):
 
 def backbone_cfg(init, *overrides):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        return compose("config", overrides=[f"init={init}", "model=tiny", "data.tokenizer=char",
+        return compose("config", overrides=[f"init={init}", "backbone=sedd", "model=tiny", "data.tokenizer=char",
                                             *[f"model.{k}={v}" for k, v in ARCH.items()], *overrides])
 
 

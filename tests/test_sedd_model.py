@@ -53,7 +53,7 @@ def test_state_dict_and_parameter_order_follow_official_layout():
                                                  ("medium", 424_477_010, 251)])
 def test_official_configs_give_official_parameter_counts(name, params, entries):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        cfg = compose("config", overrides=[f"model={name}"])
+        cfg = compose("config", overrides=["backbone=sedd", f"model={name}"])
     assert cfg.backbone.name == "sedd" and cfg.graph.type == "absorb"
     assert cfg.noise.type == "loglinear" and cfg.model.type == "ddit"
     with torch.device("meta"):

@@ -59,7 +59,7 @@ def test_skip_finished_same_ids_fewer_calls():
 
 def tiny_backbone(*overrides):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        cfg = compose("config", overrides=["model=tiny", "model.n_blocks=1", *overrides])
+        cfg = compose("config", overrides=["backbone=sedd", "model=tiny", "model.n_blocks=1", *overrides])
     torch.manual_seed(0)
     bb = backbone_class("sedd").from_config(cfg, load_tokenizer("char"))
     with torch.no_grad():  # the zero-initialised output would make every score equal
