@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                        progress=not args.no_progress, source_name=source, **options)
     print(format_summary(summary))
     print(f"results: {summary['results']}")
+    from dot.plots import eval_figures  # matplotlib only once the decoding is done
+    print("figures: " + ", ".join(str(f) for f in eval_figures(out.parent)))
     return 0
 
 

@@ -160,6 +160,20 @@ def sc_curve(summary: str | Path | Summary, out_png: str | Path) -> Path:
     return _save_accuracy_plot(fig, ax, out_png)
 
 
+def eval_figures(eval_dir: str | Path) -> list[Path]:
+    """An evaluation folder's figures: accuracy vs T over its summaries (`accuracy_vs_T.png`)
+    and SC@k of each multi-run summary (`<name>.sc.png`). Written by training and evaluation."""
+    eval_dir = Path(eval_dir)
+    paths = sorted(eval_dir.glob("*.summary.json"))
+    made = [accuracy_vs_steps(paths, eval_dir / "accuracy_vs_T.png")] if paths else []
+    for path in paths:
+        summary = load_summary(path)
+        if summary.get("sc"):
+            made.append(sc_curve(summary, path.with_name(path.name[:-len(".summary.json")]
+                                                         + ".sc.png")))
+    return made
+
+
 @dataclass(frozen=True)
 class Point:
     """One model + sampler setting on the speed/accuracy plane."""

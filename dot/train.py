@@ -333,6 +333,10 @@ class Trainer:
         summary = self.decode(examples, self.run_dir / "eval" / name, progress=True)
         self.info(f"final evaluation on {len(examples)} test examples ({self.test_source}):\n"
                   + format_summary(summary))
+        from dot.plots import eval_figures, loss_curve  # matplotlib only when a run ends
+        figures = [loss_curve(self.run_dir, self.run_dir / "loss.png"),
+                   *eval_figures(self.run_dir / "eval")]
+        self.info("figures: " + ", ".join(str(f) for f in figures))
         return summary
 
     def _trim_metrics(self, path: Path) -> None:

@@ -49,6 +49,7 @@ def test_evaluation_batch_writes_results_and_summary(runs, capsys):
     summary = json.loads(out.with_suffix(".summary.json").read_text())
     assert set(summary["sc"]) == {"1", "2"}
     assert "SC@k" in capsys.readouterr().out
+    assert (out.parent / "accuracy_vs_T.png").is_file() and (out.parent / "custom.sc.png").is_file()
 
 
 def test_block_diffusion_run_decodes_block_by_block(runs):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dot.plots import (Point, accuracy_vs_steps, loss_curve, main, read_metrics, sc_curve,
+from dot.plots import (Point, accuracy_vs_steps, eval_figures, loss_curve, main, read_metrics, sc_curve,
                        series_label, speed_accuracy, time_to_accuracy)
 
 
@@ -71,6 +71,18 @@ def test_sc_curve(tmp_path):
     assert_png(sc_curve(s, tmp_path / "sc.png"))
     with pytest.raises(ValueError, match="--runs"):
         sc_curve(summary(64, 0.5), tmp_path / "no.png")
+
+
+def test_eval_figures_of_an_eval_folder(tmp_path):
+    """One accuracy-vs-T figure over every summary, one SC figure per multi-run summary."""
+    for name, s in {"test-T1": summary(1, 0.2), "test-T4": summary(4, 0.5),
+                    "test-T4-runs3": summary(4, 0.5, sc={"1": 0.5, "2": 0.55, "3": 0.6})}.items():
+        (tmp_path / f"{name}.summary.json").write_text(json.dumps(s))
+    made = eval_figures(tmp_path)
+    assert sorted(p.name for p in made) == ["accuracy_vs_T.png", "test-T4-runs3.sc.png"]
+    for p in made:
+        assert_png(p)
+    assert eval_figures(tmp_path / "empty") == []
 
 
 def test_speed_accuracy_points(tmp_path):

@@ -104,3 +104,5 @@ def test_two_processes_match_one_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _losses(two) == pytest.approx(_losses(one), rel=1e-5)
     assert len(_losses(one)) == 4
+    for run in (one, two):  # a finished run draws its figures
+        assert (run / "loss.png").is_file() and (run / "eval" / "accuracy_vs_T.png").is_file()
