@@ -36,12 +36,17 @@ from dot.tokenization import load_tokenizer
 log = logging.getLogger("dot")
 
 
-def lr_factor(step: int, opt: DictConfig, n_iters: int) -> float:
-    """Multiplier of every group's base lr: zero steps, linear warmup, optional decay."""
+def lr_factor(step: int, opt: DictConfig, n_iters: int, time_used: float = 0.0) -> float:
+    """Multiplier of every group's base lr: zero steps, linear warmup, optional decay.
+
+    The decay runs over n_iters, or over the time budget when `time_used` (the share of
+    `training.max_minutes` spent) is further along: a budget-stopped run still ends annealed.
+    """
     if step <= opt.zero_lr_steps:
         return 0.0
     warm = min(1.0, step / opt.warmup) if opt.warmup > 0 else 1.0
-    progress = min(1.0, max(0.0, (step - opt.warmup) / max(1, n_iters - opt.warmup)))
+    progress = max((step - opt.warmup) / max(1, n_iters - opt.warmup), time_used)
+    progress = min(1.0, max(0.0, progress))
     if opt.decay == "linear":
         return warm * (1.0 - progress)
     if opt.decay == "cosine":
@@ -125,6 +130,8 @@ class Trainer:
         self.info(f"backbone {cfg.backbone.name}: {n_params / 1e6:.2f}M parameters on "
                   f"{self.ctx.device}, {self.ctx.world_size} process(es), micro-batch {self.micro}")
         self.step = 0
+        self.train_seconds = 0.0  # wall time of run() over every invocation (resumes included)
+        self.time_used = 0.0  # share of training.max_minutes spent, as the lr schedule sees it
         self._perm, self._perm_epoch = [], -1  # the training order of the current epoch
         self._resume()
 
@@ -172,7 +179,8 @@ class Trainer:
                 "seq_len": self.seq_len,
                 "model": self.model.state_dict(),
                 "ema": self.ema.state_dict() if self.ema else None,
-                "optimizer": self.optimizer.state_dict(), "clip_norms": self.clipper.norms}
+                "optimizer": self.optimizer.state_dict(), "clip_norms": self.clipper.norms,
+                "train_seconds": self.train_seconds}
 
     def save(self, snapshot: bool = False) -> None:
         if not self.ctx.is_main:
@@ -196,7 +204,9 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self.clipper.norms = state["clip_norms"].cpu()
         self.step = int(state["step"])
-        self.info(f"resumed from {path} at step {self.step}")
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.info(f"resumed from {path} at step {self.step} "
+                  f"({self.train_seconds / 60:.1f} minutes trained)")
 
     # ------------------------------------------------------------------ the loop
     def train_step(self) -> dict[str, float]:
@@ -222,7 +232,8 @@ class Trainer:
         metrics = {k: v / self.ctx.world_size for k, v in zip(names, values.tolist())}
         total = values[-1]
         grad_norm = self.clipper(self.params, self.step)
-        factor = lr_factor(self.step, self.cfg.optim, self.cfg.training.n_iters)
+        time_used = self.time_used if self.cfg.optim.get("decay_over_budget", True) else 0.0
+        factor = lr_factor(self.step, self.cfg.optim, self.cfg.training.n_iters, time_used)
         for g in self.optimizer.param_groups:
             g["lr"] = g["base_lr"] * factor
         self.optimizer.step()
@@ -272,7 +283,7 @@ class Trainer:
 
     def run(self) -> dict[str, Any] | None:
         tcfg = self.cfg.training
-        started = time.perf_counter()
+        started, prior = time.perf_counter(), self.train_seconds
         first_step = self.step
         metrics_path = self.run_dir / "logs" / "metrics.csv"
         self._trim_metrics(metrics_path)
@@ -280,20 +291,20 @@ class Trainer:
                    disable=not self.ctx.is_main, dynamic_ncols=True,
                    mininterval=0.5 if sys.stderr.isatty() else 30)
         window: list[dict[str, float]] = []
-        while self.step < tcfg.n_iters:
+        while self.step < tcfg.n_iters and not self._spend_budget(started, prior):
             m = self.train_step()
             window.append(m)
             bar.update(1)
             post = {"loss": f"{m['loss']:.4f}", "lr": f"{m['lr']:.2e}"}
-            if tcfg.max_minutes is not None:  # the bar's ETA counts n_iters; this is the budget
-                left = max(0.0, 60 * tcfg.max_minutes - (time.perf_counter() - started))
+            if tcfg.max_minutes:  # the bar's ETA counts n_iters; this is the time budget's
+                left = max(0.0, 60 * tcfg.max_minutes * (1 - self.time_used))
                 post["budget_left"] = f"{int(left // 60)}:{int(left % 60):02d}"
             bar.set_postfix(post, refresh=False)
             is_eval = bool(tcfg.eval_freq) and self.step % tcfg.eval_freq == 0
             if is_eval or self.step % tcfg.log_freq == 0 or self.step == tcfg.n_iters:
                 row = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-                row["step"], row["seconds"] = self.step, time.perf_counter() - started
-                row["steps_per_s"] = (self.step - first_step) / row["seconds"]
+                row["step"], row["seconds"] = self.step, prior + time.perf_counter() - started
+                row["steps_per_s"] = (self.step - first_step) / (row["seconds"] - prior)
                 window = []
                 if is_eval:
                     row.update(self.periodic_eval())
@@ -302,19 +313,25 @@ class Trainer:
                 self.save()
             if self.step % tcfg.snapshot_freq == 0:
                 self.save(snapshot=True)
-            if self._out_of_time(started):
-                self.info(f"training.max_minutes={tcfg.max_minutes} reached at step {self.step}")
-                break
         bar.close()
+        if self.step < tcfg.n_iters:
+            self.info(f"training.max_minutes={tcfg.max_minutes} reached at step {self.step}")
         self.save(snapshot=True)
         return self.final_eval()
 
-    def _out_of_time(self, started: float) -> bool:
+    def _spend_budget(self, started: float, prior: float) -> bool:
+        """Update train_seconds and time_used; True once training.max_minutes is spent.
+
+        The budget counts every invocation of the run (a resumed run continues it). Process 0's
+        clock decides, so every process sees the same lr and stops at the same step.
+        """
+        self.train_seconds = prior + time.perf_counter() - started
         limit = self.cfg.training.max_minutes
-        flag = torch.tensor([float(limit is not None and
-                                   time.perf_counter() - started > 60 * limit)])
-        distributed.all_reduce_sum_([flag])
-        return flag.item() > 0
+        used = torch.tensor([self.train_seconds / (60 * limit) if limit and self.ctx.is_main
+                             else 0.0], dtype=torch.float64)
+        distributed.all_reduce_sum_([used])
+        self.time_used = used.item()
+        return self.time_used >= 1.0
 
     def periodic_eval(self) -> dict[str, float]:
         out: dict[str, float] = {"eval_loss": self.eval_loss()}

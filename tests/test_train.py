@@ -26,6 +26,29 @@ def test_lr_factor_by_hand():
     assert lr_factor(60, opt, 110) == pytest.approx(0.5)
     opt.decay = "cosine"
     assert lr_factor(60, opt, 110) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    # a time budget three quarters spent takes over from the step count (0.5 of n_iters)
+    assert lr_factor(60, opt, 110, time_used=0.75) == pytest.approx(
+        0.5 * (1 + math.cos(math.pi * 0.75)))
+    assert lr_factor(60, opt, 110, time_used=0.25) == lr_factor(60, opt, 110)
+    assert lr_factor(60, opt, 110, time_used=1.5) == 0.0
+
+
+def test_time_budget_spans_resumes(tmp_path):
+    """training.max_minutes counts every invocation of a run: a resumed run whose budget is
+    spent trains no further step, and the spent time is kept in the checkpoint."""
+    cfg = compose_config(["backbone=ar", *TINY, "training.n_iters=5000", "training.max_minutes=0.004",
+                          "eval.n_examples=2", "training.log_freq=1"])
+    first = Trainer(cfg, tmp_path / "run")
+    first.run()
+    assert 1 <= first.step < 5000 and first.train_seconds >= 0.24
+    again = Trainer(cfg, tmp_path / "run")
+    assert again.step == first.step and again.train_seconds == pytest.approx(first.train_seconds)
+    again.run()
+    assert again.step == first.step
+    with open(tmp_path / "run" / "logs" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    seconds = [float(r["seconds"]) for r in rows]
+    assert seconds == sorted(seconds) and len(rows) == first.step
 
 
 def test_grad_clipper_fixed_and_quantile():
