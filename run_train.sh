@@ -13,10 +13,12 @@ case "$recipe" in
   # --- CPU, from scratch (see README "Results") -------------------------------------------
   cpu-default)    $PY finetune.py "$@" ;;                               # the built-in default
   cpu-default-mp) $PY finetune.py data.multipass=True "$@" ;;
-  cpu-4x4)        $PY finetune.py experiment=cpu_4x4 "$@" ;;             # DoT-MP on 4x4
-  cpu-4x4-sp)     $PY finetune.py experiment=cpu_4x4 data.multipass=False "$@" ;;
+  cpu-4x4)        $PY finetune.py experiment=cpu_4x4 "$@" ;;             # block diffusion
+  cpu-4x4-mp)     $PY finetune.py experiment=cpu_4x4 data.multipass=True "$@" ;;  # + DoT-MP
+  cpu-4x4-sp)     $PY finetune.py experiment=cpu_4x4 backbone=sedd \
+                    backbone.time_conditioning=false backbone.objective=cross_entropy \
+                    backbone.loss_weighting=flat "$@" ;;  # plain single pass, best settings found
   cpu-4x4-ar)     $PY finetune.py experiment=cpu_4x4 backbone=ar "$@" ;; # AR baseline
-  cpu-4x4-block)  $PY finetune.py experiment=cpu_4x4 backbone=sedd_block data.multipass=False "$@" ;;
   # --- Plaid-1B, DoT paper (HKUNLP/diffusion-of-thoughts run_train.sh), 8 GPUs x 16 --------
   plaid-gsm8k)    $PY finetune.py backbone=plaid model=plaid1b init=${PLAID_WEIGHTS:-plaid1b_weights} \
                     data.task=gsm8k data.tokenizer=owt2 data.digit=True training.block_size=256 \
