@@ -12,8 +12,9 @@ tokens are ruled out and every row is decoded to full length.
 Prompts are real 3x3 multiplication prompts (all the same length), collated the way
 evaluation does, into rows of the length training would pick for the task. Each timing is the
 median of `--repeats` calls after one warm-up call. Where a backbone has an optional fast path
-(SEDD `sampling.skip_finished`, block diffusion's prefix cache `sampling.kv_cache`) the fast row's `speedup` is straightforward / fast time at the
-same (sampler, T, batch), and `same_ids` checks the fast path changed no token.
+(SEDD `sampling.skip_finished`; for block diffusion also the prefix cache `sampling.kv_cache`
+and `sampling.reuse_unchanged`) the fast row's `speedup` is straightforward / fast time at
+the same (sampler, T, batch), and `same_ids` checks the fast path changed no token.
 """
 from __future__ import annotations
 
@@ -65,10 +66,16 @@ def samplers_for(backbone: str) -> list[Sampler]:
                                    {"skip_finished": True}, baseline=name))
         return out
     if backbone == "sedd_block":  # T = reverse steps per block
-        return [Sampler("sedd_block", "confidence", {"predictor": "confidence"},
-                        {"kv_cache": False}),
-                Sampler("sedd_block", "confidence+kv_cache", {"predictor": "confidence"},
-                        {"kv_cache": True}, baseline="confidence")]
+        plain = {"kv_cache": False, "reuse_unchanged": False, "skip_finished": False}
+        conf = {"predictor": "confidence"}
+        return [Sampler("sedd_block", "confidence", conf, plain),
+                Sampler("sedd_block", "confidence+kv_cache", conf, {**plain, "kv_cache": True},
+                        baseline="confidence"),
+                Sampler("sedd_block", "confidence+kv_cache+reuse+skip", conf,
+                        {"kv_cache": True, "reuse_unchanged": True, "skip_finished": True},
+                        baseline="confidence"),
+                Sampler("sedd_block", "analytic+kv_cache+skip", {"predictor": "analytic"},
+                        {"kv_cache": True, "skip_finished": True})]
     if backbone == "plaid":
         return [Sampler("plaid", "ancestral", {"predictor": "ancestral"}),
                 Sampler("plaid", "dpm_solver", {"predictor": "dpm_solver"})]
