@@ -15,7 +15,8 @@ EVAL="$PY evaluation_batch.py"
 case "$recipe" in
   sweep)   # any backbone: accuracy against the number of denoising steps
     for T in 1 2 4 8 16 32 64; do $EVAL "${W[@]}" --sampling_timesteps "$T" --no_progress "$@"; done
-    $PY cal_acc_gsm.py ;;  # scores every file of the newest eval folder
+    if [ -n "$run" ] && [ -d "$run/eval" ]; then $PY cal_acc_gsm.py "$run"/eval/test-T*.jsonl
+    else $PY cal_acc_gsm.py; fi ;;  # no run given: every file of the newest eval folder
   sc)      # self-consistency over 5 seeded runs
     $EVAL "${W[@]}" --runs 5 --apply_sc "$@" ;;
   # --- Plaid, DoT paper (run_eval.sh) -----------------------------------------------------

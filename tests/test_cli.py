@@ -90,3 +90,21 @@ def test_defaults_use_the_newest_run_and_cal_acc_scores_it(runs, capsys, monkeyp
     summary = json.loads((made["plaid"] / "eval" / "test-T8-predictor=dpm_solver.summary.json")
                          .read_text())
     assert summary["nfe_per_example"] == 9  # 8 solver steps + the decoding call at the end
+
+
+def test_run_eval_sweep_decodes_every_T_and_scores_the_run(runs):
+    """`bash run_eval.sh sweep RUN`: one result file per T = 1..64, then cal_acc_gsm on them.
+    A 2-token block never needs more than 2 network calls, whatever T is (reuse_unchanged)."""
+    _, made = runs
+    run = made["sedd_block"]
+    proc = subprocess.run(["bash", str(ROOT / "run_eval.sh"), "sweep", str(run), "--limit", "2"],
+                          cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    nfe = {}
+    for T in (1, 2, 4, 8, 16, 32, 64):
+        summary = json.loads((run / "eval" / f"test-T{T}.summary.json").read_text())
+        assert summary["steps"] == T and summary["n_examples"] == 2
+        nfe[T] = summary["nfe_per_example"]
+        assert f"test-T{T}.jsonl" in proc.stdout
+    assert all(nfe[T] <= 2 * nfe[1] for T in nfe)  # T = 1: one call per block
