@@ -1,8 +1,9 @@
 """Reverse-time samplers of SEDD: predictors, the final denoiser and the PC loop (spec §6).
 
-Every step builds unnormalised probabilities probs_BLV over the next token of each position
-and draws with the official exponential race, so a run with the same torch.Generator gives
-the same tokens as the official sampler (on the same device and precision).
+The official steps (euler, analytic, the final denoiser) build unnormalised probabilities
+probs_BLV over the next token of each position and draw with the official exponential race,
+so a run with the same torch.Generator gives the same tokens as the official sampler (on the
+same device and precision). The confidence predictors are deterministic and return ids.
 """
 from __future__ import annotations
 
@@ -43,6 +44,11 @@ class Predictor(abc.ABC):
     @abc.abstractmethod
     def probs(self, score_fn: ScoreFn, x_BL: Tensor, t_B: Tensor, dt: float) -> Tensor:
         """Unnormalised probabilities of the next state [B, L, V] (one network call)."""
+
+    def step(self, score_fn: ScoreFn, x_BL: Tensor, t_B: Tensor, dt: float,
+             generator: torch.Generator) -> Tensor:
+        """The next state [B, L]: a draw from `probs`."""
+        return sample_categorical(self.probs(score_fn, x_BL, t_B, dt), generator)
 
     def tweedie_probs(self, score_fn: ScoreFn, x_BL: Tensor, sigma_B: Tensor,
                       dsigma_B: Tensor) -> Tensor:
@@ -118,6 +124,15 @@ class ConfidencePredictor(Predictor):
         return confidence_BL, token_BL
 
     def probs(self, score_fn: ScoreFn, x_BL: Tensor, t_B: Tensor, dt: float) -> Tensor:
+        return F.one_hot(self.next_ids(score_fn, x_BL, t_B, dt), self.graph.dim).float()
+
+    def step(self, score_fn: ScoreFn, x_BL: Tensor, t_B: Tensor, dt: float,
+             generator: torch.Generator) -> Tensor:
+        """Deterministic: the next ids directly, without a [B, L, V] one-hot and random draw."""
+        return self.next_ids(score_fn, x_BL, t_B, dt)
+
+    def next_ids(self, score_fn: ScoreFn, x_BL: Tensor, t_B: Tensor, dt: float) -> Tensor:
+        """x with the most confident `n_reveal` masked positions set to their best token."""
         if not self.graph.absorb:
             raise ValueError("the confidence predictor needs the absorbing graph (graph.type=absorb)")
         sigma_B = self.noise.total_noise(t_B)
@@ -129,7 +144,7 @@ class ConfidencePredictor(Predictor):
         priority_BL = self.priority(confidence_BL).masked_fill(~masked_BL, -float("inf"))
         rank_BL = priority_BL.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
         reveal_BL = masked_BL & (rank_BL < n_reveal_B[:, None])
-        return F.one_hot(torch.where(reveal_BL, token_BL, x_BL), self.graph.dim).float()
+        return torch.where(reveal_BL, token_BL, x_BL)
 
 
 class LeftToRightPredictor(ConfidencePredictor):
@@ -190,7 +205,7 @@ def pc_sample(score_fn: ScoreFn, graph: Graph, noise: Noise, shape: tuple[int, i
         x_BL = project(x_BL)
         if not (skip_finished and graph.absorb and not (x_BL == graph.dim - 1).any()):
             t_B = t.expand(shape[0])
-            x_BL = sample_categorical(update.probs(counted_score, x_BL, t_B, dt), generator)
+            x_BL = update.step(counted_score, x_BL, t_B, dt, generator)
         if record_chain:
             chain.append(project(x_BL))
     return SampleResult(project(x_BL), calls, chain if record_chain else None)
