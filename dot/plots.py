@@ -87,7 +87,8 @@ def _save_accuracy_plot(fig: plt.Figure, ax: plt.Axes, out_png: str | Path,
 
 # ---------------------------------------------------------------------------------- figures
 def loss_curve(run_dir: str | Path, out_png: str | Path) -> Path:
-    """Training loss and eval_loss vs step; valid_acc on a second axis when it was logged."""
+    """Training loss and eval_loss vs step; on a second axis the validation exact-answer and
+    token accuracy and the training token accuracy, when they were logged."""
     m = read_metrics(run_dir)
     if "loss" not in m:
         raise ValueError(f"{run_dir}: metrics.csv has no loss column")
@@ -98,10 +99,15 @@ def loss_curve(run_dir: str | Path, out_png: str | Path) -> Path:
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     handles, labels = ax.get_legend_handles_labels()
-    if "valid_acc" in m:
+    accuracies = [("valid_acc", "s--", "tab:green", "valid exact"),
+                  ("valid_token_acc", "^:", "tab:olive", "valid tokens"),
+                  ("token_acc", "-", "tab:gray", "train tokens")]
+    if any(key in m for key, *_ in accuracies):
         ax2 = ax.twinx()
-        ax2.plot(*_xy(m["valid_acc"]), "s--", color="tab:green", label="valid acc", ms=3)
-        ax2.set_ylabel("validation accuracy")
+        for key, style, color, label in accuracies:
+            if key in m:
+                ax2.plot(*_xy(m[key]), style, color=color, label=label, ms=3, lw=1)
+        ax2.set_ylabel("accuracy")
         ax2.set_ylim(0, 1)
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
@@ -217,27 +223,35 @@ def speed_accuracy(points: Iterable[Point | Mapping[str, Any]], out_png: str | P
 
 def time_to_accuracy(runs: Mapping[str, str | Path] | Sequence[str | Path],
                      out_png: str | Path) -> Path:
-    """valid_acc vs wall-clock training seconds for several runs (e.g. DoT vs AR).
+    """Validation exact-answer accuracy (left) and token accuracy (right) vs wall-clock
+    training minutes for several runs (e.g. DoT vs AR).
 
-    `seconds` is logged on every row, valid_acc on eval rows; they are joined on step.
+    `seconds` (training time over every invocation, periodic evaluations included) is logged
+    on every row, the accuracies on eval rows; they are joined on step.
     """
     named = dict(runs) if isinstance(runs, Mapping) else {Path(r).name: r for r in runs}
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     plotted = 0
     for label, run in named.items():
         m = read_metrics(run)
         seconds = dict(m.get("seconds", []))
-        pts = [(seconds[step], acc) for step, acc in m.get("valid_acc", []) if step in seconds]
-        if not pts:
+        if not m.get("valid_acc"):
             print(f"warning: {run} logged no valid_acc (training.eval_freq=0?)", file=sys.stderr)
             continue
-        ax.plot([t / 60 for t, _ in pts], [100 * a for _, a in pts], "o-", ms=3, label=label)
+        for ax, key in zip(axes, ("valid_acc", "valid_token_acc")):
+            pts = [(seconds[step], acc) for step, acc in m.get(key, []) if step in seconds]
+            ax.plot([t / 60 for t, _ in pts], [100 * a for _, a in pts], "o-", ms=3, label=label)
         plotted += 1
     if not plotted:
         plt.close(fig)
         raise ValueError("time_to_accuracy: no run has valid_acc in its metrics.csv")
-    ax.set_xlabel("training wall time (minutes)")
-    return _save_accuracy_plot(fig, ax, out_png, "validation accuracy (%)")
+    for ax, title in zip(axes, ("exact answers", "tokens")):
+        ax.set_xlabel("training wall time (minutes)")
+        ax.set_title(title)
+    axes[1].set_ylabel("validation token accuracy (%)")
+    axes[1].set_ylim(-2, 102)
+    axes[1].grid(alpha=0.3)
+    return _save_accuracy_plot(fig, axes[0], out_png, "validation exact accuracy (%)")
 
 
 # ---------------------------------------------------------------------------------- CLI
@@ -263,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("speed", help="examples/s vs accuracy, DoT vs AR")
     d.add_argument("--dot", nargs="*", default=[], help="DoT summaries (one point each)")
     d.add_argument("--ar", nargs="*", default=[], help="AR summaries")
-    e = sub.add_parser("time", help="valid_acc vs training wall time of several runs")
+    e = sub.add_parser("time", help="validation accuracy vs training wall time of several runs")
     e.add_argument("runs", nargs="+", help="LABEL=RUN or RUN")
     for s in (a, b, c, d, e):
         s.add_argument("--out", required=True, help="output PNG")
