@@ -346,7 +346,9 @@ class Trainer:
             return None
         n = self.cfg.eval.n_examples
         examples = self.test[:n] if n else self.test
-        name = f"T{self.cfg.sampling.steps}{'-mp' if self.cfg.data.multipass else ''}"
+        # named as evaluation_batch.py names the same decoding, so a later sweep joins it
+        name = (f"test-T{self.cfg.sampling.steps}{'-mp' if self.cfg.data.multipass else ''}"
+                + (f"-first{len(examples)}" if len(examples) < len(self.test) else ""))
         summary = self.decode(examples, self.run_dir / "eval" / name, progress=True)
         self.info(f"final evaluation on {len(examples)} test examples ({self.test_source}):\n"
                   + format_summary(summary))
