@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dot.score_files import files_to_score, report
+from dot.score_files import files_to_score, natural_key, report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("files", nargs="*", type=Path, help="result files to score")
     args = p.parse_args(argv)
     try:
-        paths = args.files or files_to_score(args.generated_output_path, args.steps)
+        paths = sorted(args.files, key=natural_key) or files_to_score(args.generated_output_path,
+                                                                     args.steps)
         print(report(paths))
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -7,6 +7,7 @@ Official files are scored with our GSM8K normalisation, which accepts the answer
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,11 @@ def score_file(path: str | Path) -> dict[str, Any]:
                      f"(recover, source); keys are {sorted(rows[0])}")
 
 
+def natural_key(path: Path) -> list[str | int]:
+    """Sort key reading digit runs as numbers: test-T2 before test-T16."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
 def files_to_score(directory: Path | None, steps: list[int] | None,
                    roots: tuple[Path, ...] = (Path("exp_local"), Path("generated_output"))) -> list[Path]:
     """Files named by the official CLI, or the most recent evaluation output: every result
@@ -91,7 +97,7 @@ def files_to_score(directory: Path | None, steps: list[int] | None,
                     raise FileNotFoundError(f"no step_{k}.jsonl or *T{k}*.jsonl in {directory}")
                 found.append(hit)
             return found
-        found = sorted(directory.glob("*.jsonl"))
+        found = sorted(directory.glob("*.jsonl"), key=natural_key)
         if not found:
             raise FileNotFoundError(f"no .jsonl files in {directory}")
         return found
@@ -101,7 +107,7 @@ def files_to_score(directory: Path | None, steps: list[int] | None,
         raise FileNotFoundError("no evaluation output found under exp_local/ or generated_output/; "
                                 "run evaluation_batch.py or pass --generated_output_path")
     newest = max(candidates, key=lambda p: p.stat().st_mtime)
-    return sorted(newest.parent.glob("*.jsonl"))
+    return sorted(newest.parent.glob("*.jsonl"), key=natural_key)
 
 
 def report(paths: list[Path]) -> str:

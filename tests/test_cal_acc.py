@@ -47,3 +47,12 @@ def test_unknown_format_is_an_error(tmp_path, capsys):
     (tmp_path / "x.jsonl").write_text('{"foo": 1}\n')
     assert cal_acc_gsm.main([str(tmp_path / "x.jsonl")]) == 2
     assert "neither dot results" in capsys.readouterr().err
+
+
+def test_result_files_sort_by_the_number_of_steps():
+    from pathlib import Path
+
+    from dot.score_files import natural_key
+    names = ["test-T16.jsonl", "test-T2.jsonl", "test-T1.jsonl", "test-T64-mp.jsonl"]
+    assert [p.name for p in sorted(map(Path, names), key=natural_key)] == \
+        ["test-T1.jsonl", "test-T2.jsonl", "test-T16.jsonl", "test-T64-mp.jsonl"]
