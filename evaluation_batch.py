@@ -108,10 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError:
         examples, source = load_split(task, "valid", cfg.data.get("valid"))
         source += " (no test split found; using valid)"
-    examples = examples[: args.limit] if args.limit else examples
+    limited = bool(args.limit) and args.limit < len(examples)
+    examples = examples[: args.limit] if limited else examples
     name = (f"{args.split}-T{steps}{'-mp' if multipass else ''}"
             + "".join(f"-{k}{'' if v is True else '=' + str(v)}" for k, v in sorted(options.items()))
-            + (f"-runs{args.runs}" if args.runs > 1 else ""))
+            + (f"-runs{args.runs}" if args.runs > 1 else "")
+            + (f"-first{len(examples)}" if limited else ""))  # as dot.train names its own
     out = Path(args.output) if args.output else Path(weights) / "eval" / name
     if not Path(weights).is_dir() and not args.output:
         out = Path("generated_output") / task.name / name

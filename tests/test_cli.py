@@ -80,14 +80,14 @@ def test_defaults_use_the_newest_run_and_cal_acc_scores_it(runs, capsys, monkeyp
     os.utime(made["ar"] / "checkpoints-meta" / "checkpoint.pth")  # the newest run
     assert evaluation_batch.main(["--limit", "4", "--no_progress"]) == 0
     assert "ar from" in capsys.readouterr().out
-    assert (made["ar"] / "eval" / "test-T1.jsonl").is_file()
+    assert (made["ar"] / "eval" / "test-T1-first4.jsonl").is_file()
     assert cal_acc_gsm.main([]) == 0
-    assert "test-T1.jsonl" in capsys.readouterr().out
+    assert "test-T1-first4.jsonl" in capsys.readouterr().out
     # A Plaid-only flag asks for the newest Plaid run.
     assert evaluation_batch.main(["--dpm_solver", "--sampling_timesteps", "8", "--limit", "3",
                                   "--no_progress"]) == 0
     assert "plaid from" in capsys.readouterr().out
-    summary = json.loads((made["plaid"] / "eval" / "test-T8-predictor=dpm_solver.summary.json")
+    summary = json.loads((made["plaid"] / "eval" / "test-T8-predictor=dpm_solver-first3.summary.json")
                          .read_text())
     assert summary["nfe_per_example"] == 9  # 8 solver steps + the decoding call at the end
 
@@ -103,8 +103,8 @@ def test_run_eval_sweep_decodes_every_T_and_scores_the_run(runs):
     assert proc.returncode == 0, proc.stderr[-2000:]
     nfe = {}
     for T in (1, 2, 4, 8, 16, 32, 64):
-        summary = json.loads((run / "eval" / f"test-T{T}.summary.json").read_text())
+        summary = json.loads((run / "eval" / f"test-T{T}-first2.summary.json").read_text())
         assert summary["steps"] == T and summary["n_examples"] == 2
         nfe[T] = summary["nfe_per_example"]
-        assert f"test-T{T}.jsonl" in proc.stdout
+        assert f"test-T{T}-first2.jsonl" in proc.stdout
     assert all(nfe[T] <= 2 * nfe[1] for T in nfe)  # T = 1: one call per block
