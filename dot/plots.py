@@ -26,6 +26,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 Summary = Mapping[str, Any]
 
@@ -217,6 +218,9 @@ def speed_accuracy(points: Iterable[Point | Mapping[str, Any]], out_png: str | P
                         textcoords="offset points", xytext=(4, 4))
     if max(p.examples_per_s for p in pts) / max(min(p.examples_per_s for p in pts), 1e-12) > 10:
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("throughput (examples / s)")
     return _save_accuracy_plot(fig, ax, out_png)
 
