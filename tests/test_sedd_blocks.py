@@ -120,6 +120,26 @@ def test_one_token_blocks_decode_greedily_left_to_right():
         assert int(scores[0, -1, :-1].argmax()) == int(out[p])
 
 
+def prompt_rows(tok, lengths, L):
+    """Rows of length L whose first n positions (n from `lengths`) are a fixed prompt."""
+    ids = torch.full((len(lengths), L), tok.pad_id)
+    fixed = torch.zeros(len(lengths), L, dtype=torch.bool)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = torch.arange(10, 10 + n)
+        fixed[row, :n] = True
+    return ids, fixed
+
+
+def sample_both_ways(bb, option, ids, fixed, steps, seed):
+    """{True: result with cfg.sampling.<option> on, False: off}, same seed, chains recorded."""
+    outs = {}
+    for on in (True, False):
+        bb.cfg.sampling[option] = on
+        outs[on] = bb.sample(ids, fixed, steps=steps, generator=torch.Generator().manual_seed(seed),
+                             record_chain=True)
+    return outs
+
+
 def test_cached_block_decoding_equals_recomputing_the_prefix():
     """With a sigma-blind network the prefix cache changes no token and no network count:
     rows of different prompt lengths, a last block cut by the row end, rows stopping at EOS.
@@ -129,18 +149,10 @@ def test_cached_block_decoding_equals_recomputing_the_prefix():
     bb.model.time_conditioning = False
     tok = bb.tokenizer
     L = 17
-    ids = torch.full((4, L), tok.pad_id)
-    fixed = torch.zeros(4, L, dtype=torch.bool)
-    for row, n in enumerate((3, 5, 6, 10)):
-        ids[row, :n] = torch.arange(10, 10 + n)
-        fixed[row, :n] = True
+    ids, fixed = prompt_rows(tok, (3, 5, 6, 10), L)
     with torch.no_grad():  # make EOS likely enough that some rows stop early
         bb.model.output_layer.linear.bias[tok.eos_id] += 4.5
-    outs = {}
-    for cached in (True, False):
-        bb.cfg.sampling.kv_cache = cached
-        outs[cached] = bb.sample(ids, fixed, steps=3, generator=torch.Generator().manual_seed(5),
-                                 record_chain=True)
+    outs = sample_both_ways(bb, "kv_cache", ids, fixed, steps=3, seed=5)
     assert torch.equal(outs[True].ids, outs[False].ids)
     assert outs[True].nfe == outs[False].nfe
     assert all(torch.equal(a, b) for a, b in zip(outs[True].chain, outs[False].chain))
@@ -158,17 +170,10 @@ def test_confidence_steps_that_reveal_nothing_reuse_the_last_call():
     bb.cfg.sampling.skip_finished = True
     tok = bb.tokenizer
     L, prompt = 15, 5
-    ids = torch.full((3, L), tok.pad_id)
-    ids[:, :prompt] = torch.arange(10, 10 + prompt)
-    fixed = torch.zeros(3, L, dtype=torch.bool)
-    fixed[:, :prompt] = True
+    ids, fixed = prompt_rows(tok, (prompt,) * 3, L)
     with torch.no_grad():  # rows run to the end of the row
         bb.model.output_layer.linear.bias[[tok.eos_id, tok.pad_id]] = -1e4
-    outs = {}
-    for reuse in (True, False):
-        bb.cfg.sampling.reuse_unchanged = reuse
-        outs[reuse] = bb.sample(ids, fixed, steps=8, generator=torch.Generator().manual_seed(3),
-                                record_chain=True)
+    outs = sample_both_ways(bb, "reuse_unchanged", ids, fixed, steps=8, seed=3)
     assert torch.equal(outs[True].ids, outs[False].ids)
     assert all(torch.equal(a, b) for a, b in zip(outs[True].chain, outs[False].chain))
     n_blocks = (L - prompt) // 2
