@@ -19,7 +19,7 @@ import torch
 
 from dot.checkpoint import CheckpointError, latest_run
 from dot.data import load_split
-from dot.evaluate import evaluate, format_summary
+from dot.evaluate import evaluate, format_summary, result_name
 from dot.loading import load_for_eval
 from dot.tasks import get_task
 
@@ -110,10 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         source += " (no test split found; using valid)"
     limited = bool(args.limit) and args.limit < len(examples)
     examples = examples[: args.limit] if limited else examples
-    name = (f"{args.split}-T{steps}{'-mp' if multipass else ''}"
-            + "".join(f"-{k}{'' if v is True else '=' + str(v)}" for k, v in sorted(options.items()))
-            + (f"-runs{args.runs}" if args.runs > 1 else "")
-            + (f"-first{len(examples)}" if limited else ""))  # as dot.train names its own
+    name = result_name(args.split, steps, multipass, options, args.runs,
+                       first=len(examples) if limited else None)
     out = Path(args.output) if args.output else Path(weights) / "eval" / name
     if not Path(weights).is_dir() and not args.output:
         out = Path("generated_output") / task.name / name

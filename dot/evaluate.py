@@ -24,6 +24,19 @@ from dot.scoring import sc_table
 from dot.tasks import Example, Task
 
 
+def result_name(split: str, steps: int, multipass: bool = False, options: dict[str, Any] | None = None,
+                runs: int = 1, first: int | None = None) -> str:
+    """`<split>-T<steps>[-mp][-<option>[=v]]...[-runs<K>][-first<N>]`: the stem of a result file.
+
+    One name for one decoding, whoever runs it (the trainer's final evaluation or
+    evaluation_batch.py), so a sweep over T finds the trainer's file and a partial decoding
+    (`first`, set when only the first N examples were decoded) never overwrites a full one.
+    """
+    flags = "".join(f"-{k}{'' if v is True else '=' + str(v)}" for k, v in sorted((options or {}).items()))
+    return (f"{split}-T{steps}{'-mp' if multipass else ''}{flags}"
+            + (f"-runs{runs}" if runs > 1 else "") + (f"-first{first}" if first else ""))
+
+
 def evaluate(backbone: Backbone, task: Task, examples: list[Example], *, seq_len: int,
              steps: int, out: str | Path | None = None, runs: int = 1, seed: int = 2024,
              multipass: bool = False, hidden_thought: bool = False, max_passes: int = 12,

@@ -27,7 +27,7 @@ from dot.checkpoint import FORMAT, META, load_checkpoint, save_atomic
 from dot.collate import collate
 from dot.data import load_split
 from dot.ema import EMA
-from dot.evaluate import evaluate, format_summary
+from dot.evaluate import evaluate, format_summary, result_name
 from dot.examples import TokenizedExample, tokenize, training_pair
 from dot.rng import RowRandom, seed_key
 from dot.tasks import Example, Task, get_task
@@ -346,9 +346,8 @@ class Trainer:
             return None
         n = self.cfg.eval.n_examples
         examples = self.test[:n] if n else self.test
-        # named as evaluation_batch.py names the same decoding, so a later sweep joins it
-        name = (f"test-T{self.cfg.sampling.steps}{'-mp' if self.cfg.data.multipass else ''}"
-                + (f"-first{len(examples)}" if len(examples) < len(self.test) else ""))
+        name = result_name("test", self.cfg.sampling.steps, self.cfg.data.multipass,
+                           first=len(examples) if len(examples) < len(self.test) else None)
         summary = self.decode(examples, self.run_dir / "eval" / name, progress=True)
         self.info(f"final evaluation on {len(examples)} test examples ({self.test_source}):\n"
                   + format_summary(summary))
