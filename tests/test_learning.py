@@ -65,11 +65,10 @@ def test_tiny_model_learns_2x2_multiplication(tmp_path, recipe):
     while trainer.step < steps:
         trainer.train_step()
     after = trainer.decode(probe, tmp_path / "after")
-    formats = {}
-    for name in ("before", "after"):
-        gold, pred = _chains(tmp_path / f"{name}.jsonl", golds)
-        formats[name] = sum(_skeleton(g) == _skeleton(p) for g, p in zip(gold, pred)) / len(gold)
-    digits, marginal = _digit_accuracy(gold, pred)
+    chains = {name: _chains(tmp_path / f"{name}.jsonl", golds) for name in ("before", "after")}
+    formats = {name: sum(_skeleton(g) == _skeleton(p) for g, p in zip(gold, pred)) / len(gold)
+               for name, (gold, pred) in chains.items()}
+    digits, marginal = _digit_accuracy(*chains["after"])
     print(f"{recipe}: format {formats['before']:.3f} -> {formats['after']:.3f}, chain digits "
           f"{digits:.3f} (marginal {marginal:.3f}), exact {before['accuracy']:.4f} -> "
           f"{after['accuracy']:.4f}")
