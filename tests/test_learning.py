@@ -12,12 +12,12 @@ Two claims, each against a baseline computed from the probe's own gold chains:
 Budgets are in steps and seeds are fixed; these are the slowest tests of the suite.
 """
 import collections
-import json
 from pathlib import Path
 
 import pytest
 
 from dot.config import compose_config
+from dot.results import read_records
 from dot.train import Trainer
 
 COMMON = ["data.task=mult2x2", "data.tokenizer=char", "training.batch_size=32",
@@ -31,10 +31,10 @@ RECIPES = {  # name: (overrides, steps, learns the arithmetic)
 
 
 def _chains(path: Path, golds: dict[int, str]) -> tuple[list[list[str]], list[list[str]]]:
-    """(gold, predicted) chains as token lists; the answer marker counts as one token."""
-    records = [json.loads(line) for line in path.read_text().splitlines()]
-    gold = [golds[r["task_id"]].replace("####", "=").split() for r in records]
-    return gold, [r["prediction"].split() for r in records]
+    """(gold, predicted) chains as token lists, in the records' order."""
+    records = read_records(path)
+    return ([golds[r["task_id"]].split() for r in records],
+            [r["prediction"].split() for r in records])
 
 
 def _skeleton(tokens: list[str]) -> list[str]:
@@ -60,7 +60,7 @@ def test_tiny_model_learns_2x2_multiplication(tmp_path, recipe):
     trainer = Trainer(compose_config([*COMMON, *overrides, f"training.n_iters={steps}"]),
                       tmp_path / "run")
     probe = trainer.valid[:400]
-    golds = {e.task_id: e.target for e in probe}
+    golds = {e.task_id: "".join(e.thoughts) for e in probe}  # the target text the model writes
     before = trainer.decode(probe, tmp_path / "before")
     while trainer.step < steps:
         trainer.train_step()
