@@ -94,9 +94,10 @@ class SEDDBackbone(Backbone):
 
     def log_score(self, x_BL: Tensor, sigma_B: Tensor, attn_mask: Tensor | None = None,
                   positions: Tensor | None = None,
-                  kv_cache: list[dict[str, Tensor]] | None = None) -> Tensor:
+                  kv_cache: list[dict[str, Tensor]] | None = None,
+                  prev_BL: Tensor | None = None) -> Tensor:
         """The network's log-score, or the one implied by denoiser logits (cross_entropy)."""
-        out_BLV = self.model(x_BL, sigma_B, attn_mask, positions, kv_cache)
+        out_BLV = self.model(x_BL, sigma_B, attn_mask, positions, kv_cache, prev_BL)
         if self.cfg.get("backbone", {}).get("objective", "score_entropy") == "cross_entropy":
             return denoiser_log_score(out_BLV, sigma_B.expand(x_BL.shape[0]))
         return out_BLV
@@ -179,7 +180,7 @@ def _check_loaded(cfg: Any, tokens: int, model: DDiT, graph: Graph, noise: Noise
         raise ValueError(f"init={cfg.init} has a vocabulary of {model_tokens} tokens but "
                          f"data.tokenizer={cfg.data.tokenizer} has {tokens}; use the tokenizer the "
                          "model was trained with (data.tokenizer=gpt2 for louaaron/sedd-*)")
-    wanted = {k: cfg.model[k] for k in model.arch}
+    wanted = {k: cfg.model.get(k, False) for k in model.arch}
     cfg_noise = get_noise(cfg.noise)
     same_noise = type(cfg_noise) is type(noise) and vars(cfg_noise) == vars(noise)
     if wanted != model.arch or (cfg.graph.type == "absorb") != graph.absorb or not same_noise:

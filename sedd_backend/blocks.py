@@ -32,6 +32,7 @@ from torch import Tensor
 
 from dot.backbone import SampleResult
 from sedd_backend.graph import Graph
+from sedd_backend.model import previous_ids
 from sedd_backend.noise import Noise
 from sedd_backend.sampling import pc_sample
 
@@ -78,9 +79,18 @@ def two_copy_model(model: Callable[..., Tensor], x0_BL: Tensor, fixed_BL: Tensor
     mask = training_mask(blocks_BL, start)
     positions = torch.cat([torch.arange(start, length), torch.arange(length)]).to(x0_BL.device)
 
+    same_block_BL = torch.cat([torch.zeros_like(blocks_BL[:, :1], dtype=torch.bool),
+                               blocks_BL[:, 1:] == blocks_BL[:, :-1]], dim=1)
+    mask_id = model.vocab_size - 1
+    clean_prev_BL = previous_ids(x0_BL, mask_id)
+
     def log_score(xt_BL: Tensor, sigma_B: Tensor) -> Tensor:
-        out_BNV = model(torch.cat([xt_BL[:, start:], x0_BL], dim=1), sigma_B, mask,
-                        positions)[:, :length - start]
+        # a noisy position sees its own block noisy and the earlier ones clean, and so does
+        # the embedding of the token before it (`model.previous_token`)
+        noisy_prev_BN = torch.where(same_block_BL, previous_ids(xt_BL, mask_id),
+                                    clean_prev_BL)[:, start:]
+        out_BNV = model(torch.cat([xt_BL[:, start:], x0_BL], dim=1), sigma_B, mask, positions,
+                        prev_BL=torch.cat([noisy_prev_BN, clean_prev_BL], dim=1))[:, :length - start]
         return torch.cat([out_BNV.new_zeros(out_BNV.shape[0], start, out_BNV.shape[2]), out_BNV], 1)
     return log_score
 
@@ -94,16 +104,23 @@ class PrefixCache:
     it rides along (as `pending`) with the first denoising call of the next block, where its
     queries see the cache and itself and the new block's queries see all of it.
     Cache slots are per row: the prompt (padded to the longest), then `size` slots a block;
-    `valid_BS` marks the slots that hold a real token.
+    `valid_BS` marks the slots that hold a real token. Every call also passes the id before
+    each token (`model.previous_token`), since the tokens of a call are not a whole row.
     """
 
     def __init__(self, log_score: Callable[..., Tensor], n_layers: int, slots: int,
-                 prompt_ids_BP: Tensor, prompt_valid_BP: Tensor):
+                 prompt_ids_BP: Tensor, prompt_valid_BP: Tensor, mask_id: int):
         self.log_score = log_score
         self.layers: list[dict] = [{"n": 0, "slots": slots} for _ in range(n_layers)]
         self.valid_BS = prompt_valid_BP[:, :0]
         positions_BP = torch.arange(prompt_ids_BP.shape[1], device=prompt_ids_BP.device)
-        self.pending = (prompt_ids_BP, positions_BP.expand_as(prompt_ids_BP), prompt_valid_BP)
+        self.pending = (prompt_ids_BP, positions_BP.expand_as(prompt_ids_BP), prompt_valid_BP,
+                        previous_ids(prompt_ids_BP, mask_id))
+
+    def finish(self, ids_BN: Tensor, positions_BN: Tensor, valid_BN: Tensor,
+               before_B: Tensor) -> None:
+        """A decoded block (`before_B`: the id before it), to ride along with the next call."""
+        self.pending = (ids_BN, positions_BN, valid_BN, torch.cat([before_B[:, None], ids_BN[:, :-1]], 1))
 
     def keep(self, rows_B: Tensor) -> None:
         """Drop the rows that left the batch (`rows_B` indexes the rows that stay)."""
@@ -115,21 +132,26 @@ class PrefixCache:
         self.valid_BS = self.valid_BS[rows_B]
         self.pending = tuple(t[rows_B] for t in self.pending)
 
-    def score_fn(self, positions_BN: Tensor, valid_BN: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
-        """Scores of a block at `positions_BN` (False in `valid_BN` past the row's end)."""
+    def score_fn(self, positions_BN: Tensor, valid_BN: Tensor,
+                 before_B: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+        """Scores of a block at `positions_BN` (False in `valid_BN` past the row's end) whose
+        first token follows the id `before_B`."""
         def score(x_BN: Tensor, sigma_B: Tensor) -> Tensor:
             x_in, pos_in, n_pending = x_BN, positions_BN, 0
+            prev_in = torch.cat([before_B[:, None], x_BN[:, :-1]], 1)
             keys_BK = torch.cat([self.valid_BS, valid_BN], 1)
             query_keys = keys_BK[:, None].expand(-1, x_BN.shape[1], -1)
             if self.pending is not None:
-                ids_BP, pos_BP, valid_BP = self.pending
+                ids_BP, pos_BP, valid_BP, prev_BP = self.pending
                 n_pending = ids_BP.shape[1]
                 x_in, pos_in = torch.cat([ids_BP, x_BN], 1), torch.cat([pos_BP, positions_BN], 1)
+                prev_in = torch.cat([prev_BP, prev_in], 1)
                 keys_BK = torch.cat([self.valid_BS, valid_BP, valid_BN], 1)
                 clean_keys = torch.cat([self.valid_BS, valid_BP, torch.zeros_like(valid_BN)], 1)
                 query_keys = torch.cat([clean_keys[:, None].expand(-1, n_pending, -1),
                                         keys_BK[:, None].expand(-1, x_BN.shape[1], -1)], 1)
-            out_BNV = self.log_score(x_in, sigma_B, query_keys[:, None], pos_in, self.layers)
+            out_BNV = self.log_score(x_in, sigma_B, query_keys[:, None], pos_in, self.layers,
+                                     prev_in)
             if n_pending:  # keep the clean block's keys and values, not the noisy block's
                 for kv in self.layers:
                     kv["n"] += n_pending
@@ -168,7 +190,7 @@ def sample_blocks(log_score: Callable[..., Tensor], graph: Graph, noise: Noise, 
         width = int(prompt_B.max())
         prompt_valid = torch.arange(width, device=ids_BL.device)[None] < prompt_B[:, None]
         slots = width + int(blocks_BL.max()) * size
-        cache = PrefixCache(log_score, n_layers, slots, ids_BL[:, :width], prompt_valid)
+        cache = PrefixCache(log_score, n_layers, slots, ids_BL[:, :width], prompt_valid, mask_id)
     chain: list[Tensor] = []
     nfe = 0
     for block in range(1, int(blocks_BL.max()) + 1):
@@ -178,7 +200,8 @@ def sample_blocks(log_score: Callable[..., Tensor], graph: Graph, noise: Noise, 
                             + torch.arange(size, device=ids_BL.device))
             valid_RN = positions_RN < length
             start_RN = torch.where(valid_RN, mask_id, pad_id)
-            score = cache.score_fn(positions_RN, valid_RN)
+            before_R = x_BL[rows, (positions_RN[:, 0] - 1).clamp(0, length - 1)]
+            score = cache.score_fn(positions_RN, valid_RN, before_R)
         else:  # the row up to the block's end; later positions are never attended
             in_block_RL = blocks_BL[rows] == block
             end = int(in_block_RL.nonzero()[:, 1].max()) + 1 if in_block_RL.any() else 0
@@ -203,7 +226,7 @@ def sample_blocks(log_score: Callable[..., Tensor], graph: Graph, noise: Noise, 
         ended_RN = (result.ids == eos_id) | (result.ids == pad_id)
         active_B[rows] = ~(ended_RN & valid_RN).any(1)
         if cache is not None:
-            cache.pending = (result.ids, positions_RN, valid_RN)
+            cache.finish(result.ids, positions_RN, valid_RN, before_R)
             cache.keep(active_B[rows].nonzero().squeeze(1))
         if not active_B.any():
             break
