@@ -5,7 +5,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from sedd_backend.model import DDiT, apply_rotary, build_model
+from sedd_backend.model import DDiT, apply_rotary, build_model, previous_ids
 
 torch.set_num_threads(1)
 CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
@@ -164,3 +164,29 @@ def test_dropout_only_in_training_mode():
     model.train()
     torch.manual_seed(0)
     assert not torch.equal(model(x, sigma), model(x, sigma))
+
+
+def test_previous_token_embedding_adds_the_previous_ids_embedding():
+    """`previous_token`: the input of position i is embed(x_i) + prev_embed(x_{i-1}), the mask
+    id standing in before position 0; without the option the state dict is the official one."""
+    assert previous_ids(torch.tensor([[5, 6, 7]]), 9).tolist() == [[9, 5, 6]]
+    plain, prev = (randomized(DDiT(10, 32, 16, 4, 1, 0.0, previous_token=flag)) for flag in (False, True))
+    assert set(prev.state_dict()) - set(plain.state_dict()) == {"prev_embed.embedding"}
+    x = torch.tensor([[5, 6, 7]])
+    seen = {}
+    prev.blocks[0].register_forward_pre_hook(lambda m, args: seen.update(h=args[0]))
+    prev(x, torch.tensor([1.0]))
+    expected = prev.vocab_embed.embedding[x] + prev.prev_embed.embedding[torch.tensor([[9, 5, 6]])]
+    torch.testing.assert_close(seen["h"], expected)
+    # explicit previous ids replace the ones derived from the row
+    derived = prev(x, torch.tensor([1.0]))
+    torch.testing.assert_close(prev(x, torch.tensor([1.0]), prev_BL=torch.tensor([[9, 5, 6]])), derived)
+    assert not torch.allclose(prev(x, torch.tensor([1.0]), prev_BL=torch.tensor([[9, 9, 9]])), derived)
+
+
+def test_previous_token_needs_the_absorbing_graph():
+    cfg = {"hidden_size": 32, "cond_dim": 16, "n_heads": 4, "n_blocks": 1, "dropout": 0.0,
+           "scale_by_sigma": False, "previous_token": True}
+    with pytest.raises(ValueError, match="model.previous_token=true needs graph.type=absorb"):
+        build_model(cfg, "uniform", 10)
+    assert build_model(cfg, "absorb", 10).prev_embed is not None
