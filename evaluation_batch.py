@@ -3,6 +3,7 @@
     python evaluation_batch.py                                    # latest run in exp_local/
     python evaluation_batch.py --weights_path RUN --sampling_timesteps 8
     python evaluation_batch.py --weights_path RUN --runs 5 --apply_sc       # SC@1..5
+    python evaluation_batch.py --weights_path RUN --per_thought --limit 200  # DoT-MP, per pass
     python evaluation_batch.py --weights_path plaid1b_weights --dataset gsm8k --fix_src --digit \\
         --dpm_solver --sampling_timesteps 8                       # official Plaid weights
 
@@ -21,6 +22,7 @@ from dot.checkpoint import CheckpointError, latest_run
 from dot.data import load_split
 from dot.evaluate import evaluate, format_summary, result_name
 from dot.loading import load_for_eval
+from dot.per_thought import format_per_thought, per_thought_accuracy, write_per_thought
 from dot.tasks import get_task
 
 # Sampler flags -> backbone option names; only flags the user gave are passed on, and a
@@ -49,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seq_len", type=int, help="row length (default: the run's)")
     p.add_argument("--output", help="output path without suffix (default: <run>/eval/<name>)")
     p.add_argument("--save_chain", action="store_true", help="record every denoising state")
+    p.add_argument("--per_thought", action="store_true", help="DoT-MP: decode each thought from "
+                   "the gold earlier ones and report the exact accuracy per thought "
+                   "(writes <name>-per_thought.json)")
     p.add_argument("--device", default="auto")
     p.add_argument("--digit", action="store_true", help="digit-split tokenization (Plaid weights)")
     p.add_argument("--no_progress", action="store_true")
@@ -116,6 +121,20 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(weights).is_dir() and not args.output:
         out = Path("generated_output") / task.name / name
     print(f"{backbone.name} from {weights}; {len(examples)} examples from {source}; T={steps}")
+    if args.per_thought:
+        if not multipass:
+            print("error: --per_thought decodes DoT-MP passes; this model is single-pass "
+                  "(data.multipass=false; add --cot to force it)", file=sys.stderr)
+            return 2
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+        rows = per_thought_accuracy(backbone, task, examples, seq_len=args.seq_len or cfg.seq_len,
+                                    steps=steps, generator=generator,
+                                    batch_size=args.batch_size, **options)
+        print(format_per_thought(rows))
+        path = write_per_thought(out.with_name(out.name + "-per_thought.json"), rows,
+                                 source=source, steps=steps)
+        print(f"results: {path}")
+        return 0
     summary = evaluate(backbone, task, examples, seq_len=args.seq_len or cfg.seq_len, steps=steps,
                        out=out, runs=args.runs, seed=args.seed, multipass=multipass,
                        hidden_thought=cfg.data.get("hidden_thought", False),

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from dot.backbone import Backbone
 from dot.decoding import generate
 from dot.examples import tokenize
-from dot.results import write_records
+from dot.results import write_records, write_text_atomic
 from dot.scoring import sc_table
 from dot.tasks import Example, Task
 
@@ -85,7 +85,7 @@ def evaluate(backbone: Backbone, task: Task, examples: list[Example], *, seq_len
     if out is not None:
         out = Path(out)
         write_records(out.with_suffix(".jsonl"), records)
-        out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(out.with_suffix(".summary.json"), json.dumps(summary, indent=2) + "\n")
         summary["results"] = str(out.with_suffix(".jsonl"))
     return summary
 

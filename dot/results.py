@@ -15,19 +15,28 @@ REQUIRED = ("task", "task_id", "run", "question", "gold", "prediction", "answer"
             "nfe", "seconds")
 
 
-def write_records(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
-    """Write records atomically (a re-run replaces the file; it never appends duplicates)."""
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write to a temporary file beside `path`, then rename: a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".part{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            missing = [k for k in REQUIRED if k not in rec]
-            if missing:
-                raise KeyError(f"result record lacks {missing}")
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def write_records(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
+    """Write records atomically (a re-run replaces the file; it never appends duplicates)."""
+    lines = []
+    for rec in records:
+        missing = [k for k in REQUIRED if k not in rec]
+        if missing:
+            raise KeyError(f"result record lacks {missing}")
+        lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
+    return write_text_atomic(path, "".join(lines))
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:

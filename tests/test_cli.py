@@ -71,6 +71,21 @@ def test_block_diffusion_run_decodes_block_by_block(runs):
     assert backbone.block_tokens == 2 and not backbone.model.time_conditioning
 
 
+def test_per_thought_writes_one_row_per_thought_and_needs_multipass(runs, capsys):
+    _, made = runs
+    run = made["sedd_block"]
+    assert evaluation_batch.main(["--weights_path", str(run), "--per_thought"]) == 2
+    assert "--per_thought decodes DoT-MP passes" in capsys.readouterr().err
+    out = run / "eval" / "passes"
+    assert evaluation_batch.main(["--weights_path", str(run), "--per_thought", "--cot",
+                                  "--limit", "3", "--output", str(out)]) == 0
+    rows = json.loads((run / "eval" / "passes-per_thought.json").read_text())["thoughts"]
+    # mult2x2 chains: two partial products, then the answer; every example has all three
+    assert [(r["thought"], r["examples"]) for r in rows] == [(0, 3), (1, 3), (2, 3)]
+    assert all(0.0 <= r["exact"] <= 1.0 for r in rows)
+    assert "thought  examples  exact" in capsys.readouterr().out
+
+
 def test_backbone_specific_flags_are_rejected_by_name(runs, capsys):
     _, made = runs
     assert evaluation_batch.main(["--weights_path", str(made["sedd"]), "--score_temp", "0.5"]) == 2

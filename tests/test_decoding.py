@@ -82,3 +82,34 @@ def test_evaluate_writes_records_and_scores(tmp_path):
     lines = (tmp_path / "r.jsonl").read_text().splitlines()
     assert len(lines) == 2 * len(EXAMPLES)
     assert (tmp_path / "r.summary.json").is_file()
+
+
+class FlawedOracle(Oracle):
+    """The oracle, but thought 1 of example 0 and the last thought of example 2 come out wrong."""
+    name = "flawed"
+
+    def sample(self, input_ids, fixed_mask, steps, generator, record_chain=False, **options):
+        result = super().sample(input_ids, fixed_mask, steps, generator, record_chain, **options)
+        for row in range(len(input_ids)):
+            n = int(fixed_mask[row].sum())
+            prefix = TOK.decode(input_ids[row, : n - 1].tolist())
+            ex = next(e for e in EXAMPLES if prefix.startswith(e.prompt))
+            k = next(k for k in range(len(ex.thoughts))
+                     if "".join(ex.thoughts[:k]) == prefix[len(ex.prompt):])
+            if (ex.task_id, k) in {(0, 1), (2, len(ex.thoughts) - 1)}:
+                result.ids[row, n] = TOK.encode("9" if ex.thoughts[k][0] != "9" else "8")[0]
+        return result
+
+
+def test_per_thought_accuracy_charges_each_error_to_its_thought():
+    from dot.per_thought import per_thought_accuracy
+    n = len(EXAMPLES[0].thoughts)
+    assert all(len(e.thoughts) == n for e in EXAMPLES)
+    # batch 2 splits the examples across calls; the oracle fails on any non-gold prefix, so
+    # this also checks that every pass starts from the gold earlier thoughts
+    rows = per_thought_accuracy(FlawedOracle(), TASK, EXAMPLES, seq_len=64, steps=1,
+                                generator=torch.Generator(), batch_size=2)
+    expected = [1.0, 2 / 3] + [1.0] * (n - 3) + [2 / 3]
+    assert [r["thought"] for r in rows] == list(range(n))
+    assert [r["examples"] for r in rows] == [3] * n
+    assert [r["exact"] for r in rows] == expected

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from dot.data import DATA_ROOT, generated_lines
 from dot.data.fetch import FILES, DownloadError, fetch
+from dot.results import write_text_atomic
 from dot.tasks import Multiplication, get_task
 
 
@@ -44,10 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--digits {args.digits}: not a multiplication size")
     out = args.out or args.root / task.data_dir / f"{args.split}.txt"
     lines = generated_lines(task, args.split, args.n, args.seed, args.root)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".part")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    tmp.replace(out)
+    write_text_atomic(out, "".join(line + "\n" for line in lines))
     print(f"wrote {len(lines)} lines to {out}")
     return 0
 

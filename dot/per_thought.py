@@ -1,0 +1,60 @@
+"""Per-thought accuracy of a DoT-MP model: which pass of the chain fails.
+
+End-to-end accuracy multiplies the passes' errors and cannot say which pass makes them. Here
+thought k of every example is decoded once from the *gold* question and gold thoughts 0..k-1
+(the training pair of thought k), so an error is charged to the thought that made it:
+`evaluation_batch.py --per_thought` prints the table and writes it as JSON.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dot.backbone import Backbone
+from dot.collate import collate_prompts
+from dot.decoding import cut_generated
+from dot.examples import multi_pass_pair, tokenize
+from dot.results import write_text_atomic
+from dot.tasks import Example, Task
+
+
+def per_thought_accuracy(backbone: Backbone, task: Task, examples: list[Example], *,
+                         seq_len: int, steps: int, generator: torch.Generator,
+                         batch_size: int = 64, **options: Any) -> list[dict[str, Any]]:
+    """One row per thought index k: examples that have a thought k, and the share exact."""
+    tok = backbone.tokenizer
+    tokenized = [tokenize(e, task, tok) for e in examples]
+    device = next(backbone.model.parameters()).device
+    rows = []
+    for k in range(max(len(t.thoughts) for t in tokenized)):
+        having = [t for t in tokenized if k < len(t.thoughts)]
+        exact = 0
+        for lo in range(0, len(having), batch_size):
+            chunk = having[lo: lo + batch_size]
+            prefixes = [multi_pass_pair(t, tok, k)[0] for t in chunk]
+            ids, fixed = collate_prompts(prefixes, seq_len, tok.pad_id)
+            out = backbone.sample(ids.to(device), fixed.to(device), steps, generator,
+                                  **options).ids.cpu().tolist()
+            for row, prefix, t in zip(out, prefixes, chunk):
+                thought, _ = cut_generated(row[len(prefix):], tok, stop_at_pad=True)
+                exact += thought == list(t.thoughts[k])
+        rows.append({"thought": k, "examples": len(having), "exact": exact / len(having),
+                     "first_gold": tok.decode(list(having[0].thoughts[k]))})
+    return rows
+
+
+def format_per_thought(rows: list[dict[str, Any]]) -> str:
+    lines = ["thought  examples  exact   (gold thought of the first example)"]
+    lines += [f"{r['thought']:>7}  {r['examples']:>8}  {100 * r['exact']:5.1f}%  {r['first_gold']!r}"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def write_per_thought(path: str | Path, rows: list[dict[str, Any]], *, source: str,
+                      steps: int) -> Path:
+    """`{"source", "steps", "thoughts": rows}` as JSON, written atomically."""
+    doc = {"source": source, "steps": steps, "thoughts": rows}
+    return write_text_atomic(path, json.dumps(doc, indent=2) + "\n")
