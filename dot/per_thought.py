@@ -24,14 +24,15 @@ from dot.tasks import Example, Task
 def per_thought_accuracy(backbone: Backbone, task: Task, examples: list[Example], *,
                          seq_len: int, steps: int, generator: torch.Generator,
                          batch_size: int = 64, **options: Any) -> list[dict[str, Any]]:
-    """One row per thought index k: examples that have a thought k, and the share exact."""
+    """One row per thought index k: examples that have a thought k, the share exact, and the
+    mean share of the gold thought's tokens matched position by position (`tokens`)."""
     tok = backbone.tokenizer
     tokenized = [tokenize(e, task, tok) for e in examples]
     device = next(backbone.model.parameters()).device
     rows = []
     for k in range(max(len(t.thoughts) for t in tokenized)):
         having = [t for t in tokenized if k < len(t.thoughts)]
-        exact = 0
+        exact, tokens = 0, 0.0
         for lo in range(0, len(having), batch_size):
             chunk = having[lo: lo + batch_size]
             prefixes = [multi_pass_pair(t, tok, k)[0] for t in chunk]
@@ -40,16 +41,19 @@ def per_thought_accuracy(backbone: Backbone, task: Task, examples: list[Example]
                                   **options).ids.cpu().tolist()
             for row, prefix, t in zip(out, prefixes, chunk):
                 thought, _ = cut_generated(row[len(prefix):], tok, stop_at_pad=True)
-                exact += thought == list(t.thoughts[k])
+                gold = list(t.thoughts[k])
+                exact += thought == gold
+                tokens += sum(a == b for a, b in zip(thought, gold)) / len(gold)
         rows.append({"thought": k, "examples": len(having), "exact": exact / len(having),
+                     "tokens": tokens / len(having),
                      "first_gold": tok.decode(list(having[0].thoughts[k]))})
     return rows
 
 
 def format_per_thought(rows: list[dict[str, Any]]) -> str:
-    lines = ["thought  examples  exact   (gold thought of the first example)"]
-    lines += [f"{r['thought']:>7}  {r['examples']:>8}  {100 * r['exact']:5.1f}%  {r['first_gold']!r}"
-              for r in rows]
+    lines = ["thought  examples  exact   tokens  (gold thought of the first example)"]
+    lines += [f"{r['thought']:>7}  {r['examples']:>8}  {100 * r['exact']:5.1f}%  "
+              f"{100 * r['tokens']:5.1f}%  {r['first_gold']!r}" for r in rows]
     return "\n".join(lines)
 
 

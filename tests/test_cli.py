@@ -83,7 +83,7 @@ def test_per_thought_writes_one_row_per_thought_and_needs_multipass(runs, capsys
     # mult2x2 chains: two partial products, then the answer; every example has all three
     assert [(r["thought"], r["examples"]) for r in rows] == [(0, 3), (1, 3), (2, 3)]
     assert all(0.0 <= r["exact"] <= 1.0 for r in rows)
-    assert "thought  examples  exact" in capsys.readouterr().out
+    assert "thought  examples  exact   tokens" in capsys.readouterr().out
 
 
 def test_backbone_specific_flags_are_rejected_by_name(runs, capsys):

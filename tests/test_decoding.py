@@ -1,4 +1,5 @@
 """The DoT-MP loop against an oracle backbone that writes the gold next thought."""
+import pytest
 import torch
 
 from dot.backbone import Backbone, SampleResult
@@ -113,3 +114,8 @@ def test_per_thought_accuracy_charges_each_error_to_its_thought():
     assert [r["thought"] for r in rows] == list(range(n))
     assert [r["examples"] for r in rows] == [3] * n
     assert [r["exact"] for r in rows] == expected
+    # one wrong token in a thought of L tokens costs that example 1/L of its token accuracy
+    tokens_1 = 1 - 1 / len(TOK.encode(EXAMPLES[0].thoughts[1])) / 3
+    tokens_last = 1 - 1 / len(TOK.encode(EXAMPLES[2].thoughts[-1])) / 3
+    assert [r["tokens"] for r in rows] == pytest.approx(
+        [1.0, tokens_1] + [1.0] * (n - 3) + [tokens_last])
