@@ -20,7 +20,7 @@ from dot.backbone import Backbone
 from dot.decoding import generate
 from dot.examples import tokenize
 from dot.results import write_records, write_text_atomic
-from dot.scoring import sc_table
+from dot.scoring import sc_table, token_accuracy
 from dot.tasks import Example, Task
 
 
@@ -64,12 +64,10 @@ def evaluate(backbone: Backbone, task: Task, examples: list[Example], *, seq_len
             for i, g in zip(batch, gens):
                 text = tok.decode(g.ids)
                 answer = task.extract_answer(text)
-                gold_ids = tokenized[i].target
-                hits = sum(a == b for a, b in zip(g.ids, gold_ids))
                 rec = dict(task=task.name, task_id=examples[i].task_id, run=run,
                            question=examples[i].source, gold=golds[i], prediction=text,
                            answer=answer, correct=answer == golds[i], nfe=g.nfe,
-                           seconds=round(g.seconds, 6), token_acc=hits / max(len(gold_ids), 1),
+                           seconds=round(g.seconds, 6), token_acc=token_accuracy(g.ids, tokenized[i].target),
                            passes=len(g.thoughts), stop=g.stop_reason, steps=steps)
                 if record_chain:
                     rec["chain"] = g.chain

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 
 from dot.backbone import Backbone
-from dot.collate import collate_prompts
-from dot.decoding import cut_generated
-from dot.examples import multi_pass_pair, tokenize
+from dot.decoding import generate
+from dot.examples import tokenize
 from dot.results import write_text_atomic
+from dot.scoring import token_accuracy
 from dot.tasks import Example, Task
 
 
@@ -25,25 +25,26 @@ def per_thought_accuracy(backbone: Backbone, task: Task, examples: list[Example]
                          seq_len: int, steps: int, generator: torch.Generator,
                          batch_size: int = 64, **options: Any) -> list[dict[str, Any]]:
     """One row per thought index k: examples that have a thought k, the share exact, and the
-    mean share of the gold thought's tokens matched position by position (`tokens`)."""
+    mean share of the gold thought's tokens matched position by position (`tokens`).
+
+    Each pass is one pass of the DoT-MP decoding loop (`dot.decoding.generate`), started from
+    the gold question and gold thoughts 0..k-1.
+    """
     tok = backbone.tokenizer
     tokenized = [tokenize(e, task, tok) for e in examples]
-    device = next(backbone.model.parameters()).device
     rows = []
     for k in range(max(len(t.thoughts) for t in tokenized)):
         having = [t for t in tokenized if k < len(t.thoughts)]
         exact, tokens = 0, 0.0
         for lo in range(0, len(having), batch_size):
             chunk = having[lo: lo + batch_size]
-            prefixes = [multi_pass_pair(t, tok, k)[0] for t in chunk]
-            ids, fixed = collate_prompts(prefixes, seq_len, tok.pad_id)
-            out = backbone.sample(ids.to(device), fixed.to(device), steps, generator,
-                                  **options).ids.cpu().tolist()
-            for row, prefix, t in zip(out, prefixes, chunk):
-                thought, _ = cut_generated(row[len(prefix):], tok, stop_at_pad=True)
-                gold = list(t.thoughts[k])
-                exact += thought == gold
-                tokens += sum(a == b for a, b in zip(thought, gold)) / len(gold)
+            gold_prefixes = [list(t.prompt) + [i for th in t.thoughts[:k] for i in th]
+                             for t in chunk]
+            gens = generate(backbone, task, gold_prefixes, seq_len=seq_len, steps=steps,
+                            generator=generator, multipass=True, max_passes=1, **options)
+            for g, t in zip(gens, chunk):
+                exact += g.ids == list(t.thoughts[k])
+                tokens += token_accuracy(g.ids, t.thoughts[k])
         rows.append({"thought": k, "examples": len(having), "exact": exact / len(having),
                      "tokens": tokens / len(having),
                      "first_gold": tok.decode(list(having[0].thoughts[k]))})

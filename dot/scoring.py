@@ -1,4 +1,4 @@
-"""Exact match, self-consistency voting and SC@k.
+"""Token accuracy, self-consistency voting and SC@k.
 
 Vote tie-break (deterministic): among the most frequent non-empty answers, the one that
 appeared first (lowest run index) wins. An empty answer (nothing extracted) only wins when
@@ -33,3 +33,8 @@ def sc_table(per_example: Iterable[tuple[str, Sequence[str]]], runs: int) -> dic
     """{k: SC@k} for k = 1..runs."""
     items = list(per_example)
     return {k: sc_accuracy(items, k) for k in range(1, runs + 1)}
+
+
+def token_accuracy(pred: Sequence[int], gold: Sequence[int]) -> float:
+    """Share of the gold ids matched position by position (an empty gold counts as 0 of 1)."""
+    return sum(a == b for a, b in zip(pred, gold)) / max(len(gold), 1)
