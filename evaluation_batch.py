@@ -27,8 +27,8 @@ from dot.tasks import get_task
 
 # Sampler flags -> backbone option names; only flags the user gave are passed on, and a
 # backbone that does not know one rejects it by name.
-SAMPLER_FLAGS = ("predictor", "noise_removal", "score_temp", "dpm_order", "logit_sample",
-                 "logit_temp", "official_dpm", "official_grid")
+SAMPLER_FLAGS = ("predictor", "noise_removal", "threshold", "margin", "score_temp", "dpm_order",
+                 "logit_sample", "logit_temp", "official_dpm", "official_grid")
 PLAID_FLAGS = {"score_temp", "dpm_order", "logit_sample", "logit_temp", "official_dpm",
                "official_grid"}
 
@@ -62,6 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "Plaid: ancestral | dpm_solver")
     g.add_argument("--noise_removal", action=argparse.BooleanOptionalAction, default=None,
                    help="SEDD final denoising step")
+    g.add_argument("--threshold", type=float, help="SEDD confidence predictors: reveal every "
+                   "masked position with probability >= this in the same call (parallel decoding)")
+    g.add_argument("--margin", type=float, help="SEDD confidence predictors: reveal every masked "
+                   "position whose top-1 beats the top-2 probability by >= this (early commit)")
     g.add_argument("--score_temp", type=float, help="Plaid score temperature")
     g.add_argument("--dpm_solver", action="store_true", help="Plaid: DPM-Solver++ "
                    "(= --predictor dpm_solver)")

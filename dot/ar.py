@@ -122,13 +122,14 @@ class ARBackbone(Backbone):
         out = input_ids.clone()
         done = torch.zeros(B, dtype=torch.bool, device=dev)
         nfe, budget = 1, int((L - plen).max())
+        row_nfe = torch.ones(B, dtype=torch.long, device=dev)
         chain = [] if record_chain else None
         for t in range(budget):
             nxt = logits.argmax(-1)
             write = ~done & (plen + t < L)
             cols_t = (plen + t).clamp_max(L - 1)
             out[write, cols_t[write]] = nxt[write]
-            done |= ~write | (nxt == tok.eos_id) | (nxt == tok.pad_id)
+            done |= ~write | (nxt == tok.eos_id) | (nxt == tok.pad_id) | (plen + t + 1 >= L)
             if record_chain:
                 chain.append(out.clone())
             if done.all() or t == budget - 1:
@@ -136,8 +137,9 @@ class ARBackbone(Backbone):
             valid = torch.cat([valid, torch.ones(B, 1, dtype=torch.bool, device=dev)], 1)
             logits = self.model(nxt[:, None], (plen + t)[:, None], valid[:, None, :], caches)[:, -1]
             nfe += 1
+            row_nfe += (~done).long()
         # Everything after a row's stop token is padding, as diffusion backbones would emit.
         cols = torch.arange(L, device=dev).expand(B, L)
         stop = torch.where((out == tok.eos_id) & ~fixed_mask, cols, L).min(1).values
         out = torch.where(cols > stop[:, None], tok.pad_id, out)
-        return SampleResult(out, nfe, chain)
+        return SampleResult(out, nfe, chain, row_nfe)

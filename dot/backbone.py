@@ -53,12 +53,15 @@ class SampleResult:
 
     `ids` has the input's shape with every non-fixed position generated; `nfe` counts network
     evaluations for the whole batch pass; `chain` (only when asked for) holds the decoded-token
-    state after every denoising step, each [B, L], for visualising the chain.
+    state after every denoising step, each [B, L], for visualising the chain. `row_nfe` [B]
+    (where a sampler stops rows early) counts the calls each row needed, i.e. what it would
+    have cost decoded alone; None means every row needed all `nfe`.
     """
 
     ids: Tensor
     nfe: int
     chain: list[Tensor] | None = field(default=None)
+    row_nfe: Tensor | None = field(default=None)
 
 
 class Backbone(abc.ABC):

@@ -80,7 +80,7 @@ def generate(backbone: Backbone, task: Task, prompts: list[list[int]], *, seq_le
             g, n_fixed = gens[r], len(prefixes[r])
             thought, saw_eos = cut_generated(out[j][n_fixed:], tok, stop_at_pad=multipass)
             g.thoughts.append(thought)
-            g.nfe += result.nfe
+            g.nfe += result.nfe if result.row_nfe is None else int(result.row_nfe[j])
             g.seconds += share
             if record_chain and result.chain is not None:
                 g.chain.extend(state[j, n_fixed:].tolist() for state in result.chain)

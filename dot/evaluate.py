@@ -89,7 +89,8 @@ def evaluate(backbone: Backbone, task: Task, examples: list[Example], *, seq_len
 
 
 def summarise(records: list[dict[str, Any]], runs: int) -> dict[str, Any]:
-    """Accuracy per run (mean, std), SC@k over the runs, token accuracy and NFE per example."""
+    """Accuracy per run (mean, std), SC@k over the runs, token accuracy and NFE per example
+    (mean and max; an example's NFE counts the calls it needed, as if decoded alone)."""
     per_run = [[r for r in records if r["run"] == k] for k in range(runs)]
     accs = [sum(r["correct"] for r in rs) / len(rs) for rs in per_run if rs]
     by_example: dict[Any, tuple[str, list[str]]] = {}
@@ -100,7 +101,8 @@ def summarise(records: list[dict[str, Any]], runs: int) -> dict[str, Any]:
         accuracy_std=statistics.pstdev(accs) if len(accs) > 1 else 0.0, accuracy_per_run=accs,
         sc=sc_table(by_example.values(), runs) if runs > 1 else {},
         token_acc=statistics.fmean(r["token_acc"] for r in records),
-        nfe_per_example=statistics.fmean(r["nfe"] for r in records))
+        nfe_per_example=statistics.fmean(r["nfe"] for r in records),
+        nfe_max=max(r["nfe"] for r in records))
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -110,7 +112,7 @@ def format_summary(summary: dict[str, Any]) -> str:
              f"accuracy {100 * summary['accuracy']:.2f}%"
              + (f" ± {100 * summary['accuracy_std']:.2f}" if summary["runs"] > 1 else "")
              + f"  token acc {100 * summary['token_acc']:.2f}%",
-             f"NFE/example {summary['nfe_per_example']:.1f}  examples/s "
+             f"NFE/example {summary['nfe_per_example']:.1f} (max {summary['nfe_max']})  examples/s "
              f"{summary['examples_per_s']:.2f}"]
     if summary["sc"]:
         lines.append("SC@k  " + "  ".join(f"@{k}: {100 * v:.2f}%" for k, v in summary["sc"].items()))

@@ -22,12 +22,12 @@ from sedd_backend.load import load_model
 from sedd_backend.losses import denoiser_log_score, score_entropy_loss
 from sedd_backend.model import DDiT, build_model
 from sedd_backend.noise import Noise, get_noise
-from sedd_backend.sampling import pc_sample
+from sedd_backend.sampling import ParallelCommit, pc_sample
 
 
 class SEDDBackbone(Backbone):
     name = "sedd"
-    sample_options = frozenset({"predictor", "noise_removal"})
+    sample_options = frozenset({"predictor", "noise_removal", "threshold", "margin"})
 
     def __init__(self, cfg: Any, tokenizer: Tokenizer, model: DDiT, graph: Graph, noise: Noise):
         super().__init__(cfg, tokenizer, model)
@@ -128,8 +128,9 @@ class SEDDBackbone(Backbone):
                **options: Any) -> SampleResult:
         """PC sampling with the fixed positions projected back to `input_ids` at every step.
 
-        Options: `predictor` (see `sedd_backend.sampling.PREDICTORS`) and `noise_removal`
-        (final denoiser); defaults from `cfg.sampling`. `cfg.sampling.skip_finished` stops
+        Options: `predictor` (see `sedd_backend.sampling.PREDICTORS`), `noise_removal`
+        (final denoiser), `threshold` and `margin` (`ParallelCommit`: confidence predictors
+        reveal every sure position in one call); defaults from `cfg.sampling`. `cfg.sampling.skip_finished` stops
         network calls once no position is masked (identical ids, lower nfe);
         `cfg.sampling.reuse_unchanged` lets a sigma-blind network's confidence steps reuse the
         previous call when nothing was revealed (identical ids, lower nfe). With
@@ -148,7 +149,10 @@ class SEDDBackbone(Backbone):
         self.model.eval()
         predictor = options.get("predictor", sampling.predictor)
         denoise = bool(options.get("noise_removal", sampling.noise_removal))
-        savings = {"skip_finished": bool(sampling.get("skip_finished", False)),
+        commit = ParallelCommit(options.get("threshold", sampling.get("threshold")),
+                                options.get("margin", sampling.get("margin")))
+        savings = {"commit": commit,
+                   "skip_finished": commit.active or bool(sampling.get("skip_finished", False)),
                   "reuse_unchanged": (not self.model.time_conditioning
                                       and bool(sampling.get("reuse_unchanged", True)))}
         try:
@@ -170,7 +174,7 @@ class SEDDBackbone(Backbone):
             self.model.train(was_training)
         back = input_ids.device
         chain = None if result.chain is None else [x.to(back) for x in result.chain]
-        return SampleResult(result.ids.to(back), result.nfe, chain)
+        return SampleResult(result.ids.to(back), result.nfe, chain, result.row_nfe.to(back))
 
 
 def _check_loaded(cfg: Any, tokens: int, model: DDiT, graph: Graph, noise: Noise) -> None:

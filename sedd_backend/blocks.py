@@ -34,7 +34,7 @@ from dot.backbone import SampleResult
 from sedd_backend.graph import Graph
 from sedd_backend.model import previous_ids
 from sedd_backend.noise import Noise
-from sedd_backend.sampling import pc_sample
+from sedd_backend.sampling import ParallelCommit, pc_sample
 
 # (x_BL, sigma_B, attn_mask_B1LL) -> log-scores [B, L, V]
 MaskedLogScore = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -165,7 +165,8 @@ def sample_blocks(log_score: Callable[..., Tensor], graph: Graph, noise: Noise, 
                   fixed_BL: Tensor, size: int, steps: int, generator: torch.Generator, *,
                   eos_id: int, pad_id: int, predictor: str, denoise: bool,
                   record_chain: bool = False, skip_finished: bool = False,
-                  reuse_unchanged: bool = False, n_layers: int | None = None) -> SampleResult:
+                  reuse_unchanged: bool = False, commit: ParallelCommit | None = None,
+                  n_layers: int | None = None) -> SampleResult:
     """Fill the non-fixed positions block by block, `steps` reverse steps (PC loop) per block.
 
     `log_score(x, sigma, attn_mask, positions, kv_cache)` is the network. With `n_layers`
@@ -173,8 +174,9 @@ def sample_blocks(log_score: Callable[..., Tensor], graph: Graph, noise: Noise, 
     processes the block's tokens only; otherwise each call reruns the whole prefix. Both give
     the same scores up to float rounding (tested). Rows whose block emitted EOS or PAD leave
     the batch (training targets hold PAD only after EOS, or after a DoT-MP thought); their
-    remaining positions become PAD. `skip_finished` and `reuse_unchanged` are `pc_sample`'s.
-    `nfe` counts the network calls of the longest row. A recorded chain holds the whole row after every step, with
+    remaining positions become PAD. `skip_finished`, `reuse_unchanged` and `commit` are
+    `pc_sample`'s; with `skip_finished` and `commit` a block ends as soon as it is filled.
+    `nfe` counts the network calls of the batch, `row_nfe` those each row needed. A recorded chain holds the whole row after every step, with
     not-yet-generated positions masked.
     """
     if not graph.absorb:
@@ -193,6 +195,7 @@ def sample_blocks(log_score: Callable[..., Tensor], graph: Graph, noise: Noise, 
         cache = PrefixCache(log_score, n_layers, slots, ids_BL[:, :width], prompt_valid, mask_id)
     chain: list[Tensor] = []
     nfe = 0
+    row_nfe_B = torch.zeros(ids_BL.shape[0], dtype=torch.long, device=ids_BL.device)
     for block in range(1, int(blocks_BL.max()) + 1):
         rows = active_B.nonzero().squeeze(1)
         if cache is not None:  # the block's own tokens only
@@ -218,8 +221,9 @@ def sample_blocks(log_score: Callable[..., Tensor], graph: Graph, noise: Noise, 
             score, graph, noise, tuple(start_RN.shape), steps, generator, predictor=predictor,
             denoise=denoise, project=lambda x: torch.where(valid_RN, x, start_RN),
             device=ids_BL.device, record_chain=record_chain, skip_finished=skip_finished,
-            reuse_unchanged=reuse_unchanged)
+            reuse_unchanged=reuse_unchanged, commit=commit)
         nfe += result.nfe
+        row_nfe_B[rows] += result.row_nfe
         for state_RN in result.chain or []:
             chain.append(x_BL.index_put(where, state_RN[valid_RN]))
         x_BL[where] = result.ids[valid_RN]
@@ -231,4 +235,4 @@ def sample_blocks(log_score: Callable[..., Tensor], graph: Graph, noise: Noise, 
         if not active_B.any():
             break
     x_BL = torch.where(x_BL == mask_id, pad_id, x_BL)
-    return SampleResult(x_BL, nfe, chain if record_chain else None)
+    return SampleResult(x_BL, nfe, chain if record_chain else None, row_nfe_B)

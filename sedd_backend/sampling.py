@@ -8,6 +8,7 @@ same device and precision). The confidence predictors are deterministic and retu
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -86,6 +87,40 @@ class Denoiser(Predictor):
         return probs_BLV[..., :-1] if self.graph.absorb else probs_BLV
 
 
+@dataclass(frozen=True)
+class ParallelCommit:
+    """Reveal, in one call, every masked position the model is sure of (Fast-dLLM's rule).
+
+    On top of the confidence schedule, a position is revealed as soon as its most likely clean
+    token has probability >= `threshold`, or beats the runner-up by >= `margin` (early commit);
+    every call reveals at least one position, so a block of N tokens needs at most N calls and
+    as few as one. Why: the schedule spends the same number of calls on a block of spaces and
+    separators as on a block of carries; this spends them where the model is unsure.
+    """
+
+    threshold: float | None = None  # sampling.threshold
+    margin: float | None = None  # sampling.margin
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "margin"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value <= 1:
+                raise ValueError(f"sampling.{name} must be in (0, 1], got {value}")
+
+    @property
+    def active(self) -> bool:
+        return self.threshold is not None or self.margin is not None
+
+    def commits(self, top1_BL: Tensor, top2_BL: Tensor) -> Tensor:
+        """Positions sure enough to reveal now, [B, L] bool."""
+        sure_BL = torch.zeros_like(top1_BL, dtype=torch.bool)
+        if self.threshold is not None:
+            sure_BL |= top1_BL >= self.threshold
+        if self.margin is not None:
+            sure_BL |= top1_BL - top2_BL >= self.margin
+        return sure_BL
+
+
 class ConfidencePredictor(Predictor):
     """Confidence-ordered unmasking for the absorbing graph (MaskGIT-style; not in SEDD).
 
@@ -102,26 +137,31 @@ class ConfidencePredictor(Predictor):
     sigma (`DDiT(time_conditioning=False)`): sigma then only rescales each position's scores
     by a constant, which the normalisation below removes. It saves the calls of steps that
     revealed nothing (T larger than the number of masked positions, e.g. in small blocks).
+    With an active `commit` (`ParallelCommit`) each step also reveals every position the model
+    is sure of, and at least one.
     """
 
     def __init__(self, graph: Graph, noise: Noise):
         super().__init__(graph, noise)
         self.reuse_unchanged = False
-        self._last: tuple[Tensor, Tensor, Tensor] | None = None
+        self.commit = ParallelCommit()
+        self._last: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
     def priority(self, confidence_BL: Tensor) -> Tensor:
         """Which masked positions to reveal first (highest first)."""
         return confidence_BL
 
-    def denoised(self, score_fn: ScoreFn, x_BL: Tensor, sigma_B: Tensor) -> tuple[Tensor, Tensor]:
-        """(probability, token) of each position's most likely clean token."""
+    def denoised(self, score_fn: ScoreFn, x_BL: Tensor,
+                 sigma_B: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(probability, runner-up probability, token) of each position's best clean token."""
         if self._last is not None and torch.equal(self._last[0], x_BL):
-            return self._last[1], self._last[2]
+            return self._last[1:]
         clean_BLV = self.tweedie_probs(score_fn, x_BL, sigma_B, sigma_B)[..., :-1].clamp(min=0)
-        confidence_BL, token_BL = (clean_BLV / clean_BLV.sum(-1, keepdim=True)).max(-1)
+        top_BL2, token_BL2 = (clean_BLV / clean_BLV.sum(-1, keepdim=True)).topk(2, dim=-1)
+        out = (top_BL2[..., 0], top_BL2[..., 1], token_BL2[..., 0])
         if self.reuse_unchanged:
-            self._last = (x_BL.clone(), confidence_BL, token_BL)
-        return confidence_BL, token_BL
+            self._last = (x_BL.clone(), *out)
+        return out
 
     def probs(self, score_fn: ScoreFn, x_BL: Tensor, t_B: Tensor, dt: float) -> Tensor:
         return F.one_hot(self.next_ids(score_fn, x_BL, t_B, dt), self.graph.dim).float()
@@ -137,13 +177,17 @@ class ConfidencePredictor(Predictor):
             raise ValueError("the confidence predictor needs the absorbing graph (graph.type=absorb)")
         sigma_B = self.noise.total_noise(t_B)
         stay_B = -torch.expm1(-self.noise.total_noise(t_B - dt)) / -torch.expm1(-sigma_B)
-        confidence_BL, token_BL = self.denoised(score_fn, x_BL, sigma_B)
+        confidence_BL, runner_up_BL, token_BL = self.denoised(score_fn, x_BL, sigma_B)
         masked_BL = x_BL == self.graph.dim - 1
         n_masked_B = masked_BL.sum(1)
         n_reveal_B = n_masked_B - torch.round(n_masked_B * stay_B.clamp(0, 1)).long()
+        if self.commit.active:
+            n_reveal_B = n_reveal_B.clamp(min=1)
         priority_BL = self.priority(confidence_BL).masked_fill(~masked_BL, -float("inf"))
         rank_BL = priority_BL.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
         reveal_BL = masked_BL & (rank_BL < n_reveal_B[:, None])
+        if self.commit.active:
+            reveal_BL |= masked_BL & self.commit.commits(confidence_BL, runner_up_BL)
         return torch.where(reveal_BL, token_BL, x_BL)
 
 
@@ -172,7 +216,7 @@ def pc_sample(score_fn: ScoreFn, graph: Graph, noise: Noise, shape: tuple[int, i
               denoise: bool = True, project: Callable[[Tensor], Tensor] = lambda x: x,
               device: torch.device | str = "cpu", record_chain: bool = False,
               skip_finished: bool = False, reuse_unchanged: bool = False,
-              eps: float = SAMPLER_EPS) -> SampleResult:
+              commit: ParallelCommit | None = None, eps: float = SAMPLER_EPS) -> SampleResult:
     """The predictor loop with projection P (spec §6.3), for any number of steps >= 1.
 
     x starts at the limit distribution; at times linspace(1, eps, steps + 1) P is applied and
@@ -180,13 +224,19 @@ def pc_sample(score_fn: ScoreFn, graph: Graph, noise: Noise, shape: tuple[int, i
     more. `skip_finished` (absorbing graph only) stops calling the network once no position
     is masked: every remaining step would keep all tokens, so the result is unchanged and
     only `nfe` drops. `reuse_unchanged` is `ConfidencePredictor`'s (only valid for a network
-    that ignores sigma). `nfe` counts the network calls made.
+    that ignores sigma). `commit` (confidence predictors only) reveals sure positions early.
+    `nfe` counts the network calls made; `row_nfe` those made while a row still had a masked
+    position (with `skip_finished`), i.e. what the row would have cost decoded alone.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     step = get_predictor(predictor, graph, noise)
     if isinstance(step, ConfidencePredictor):
         step.reuse_unchanged = reuse_unchanged
+        step.commit = commit or ParallelCommit()
+    elif commit is not None and commit.active:
+        raise ValueError(f"sampling.threshold / sampling.margin need a confidence predictor, "
+                         f"not {predictor!r}")
     calls = 0
 
     def counted_score(x: Tensor, sigma: Tensor) -> Tensor:
@@ -201,11 +251,16 @@ def pc_sample(score_fn: ScoreFn, graph: Graph, noise: Noise, shape: tuple[int, i
     updates = [(step, times[i]) for i in range(steps)]
     if denoise:
         updates.append((Denoiser(graph, noise), times[steps]))
+    row_calls_B = torch.zeros(shape[0], dtype=torch.long, device=device)
     for update, t in updates:
         x_BL = project(x_BL)
-        if not (skip_finished and graph.absorb and not (x_BL == graph.dim - 1).any()):
+        waiting_B = (x_BL == graph.dim - 1).any(1) if skip_finished and graph.absorb \
+            else torch.ones_like(row_calls_B, dtype=torch.bool)
+        if waiting_B.any():
             t_B = t.expand(shape[0])
+            before = calls
             x_BL = update.step(counted_score, x_BL, t_B, dt, generator)
+            row_calls_B += waiting_B.long() * (calls - before)
         if record_chain:
             chain.append(project(x_BL))
-    return SampleResult(project(x_BL), calls, chain if record_chain else None)
+    return SampleResult(project(x_BL), calls, chain if record_chain else None, row_calls_B)

@@ -1,4 +1,5 @@
-"""The AR baseline: batched KV-cache greedy decoding equals decoding each row from scratch."""
+"""The AR baseline: batched KV-cache greedy decoding equals decoding each row from scratch,
+and each row's network calls are its generated tokens."""
 import torch
 
 from dot.ar import ARBackbone
@@ -34,7 +35,8 @@ def test_kv_cache_decoding_matches_full_recompute():
     for r, p in enumerate(prefixes):
         ids[r, : len(p)] = torch.tensor(p)
         fixed[r, : len(p)] = True
-    out = backbone.sample(ids, fixed, steps=1, generator=torch.Generator()).ids
+    result = backbone.sample(ids, fixed, steps=1, generator=torch.Generator())
+    out = result.ids
     for r, p in enumerate(prefixes):
         with torch.no_grad():
             expected = _naive_greedy(backbone.model, p, L - len(p), {tok.eos_id, tok.pad_id})
@@ -42,3 +44,6 @@ def test_kv_cache_decoding_matches_full_recompute():
         assert len(expected) > 3  # a long enough continuation to exercise the cache
         assert got[: len(expected)] == expected
         assert out[r, : len(p)].tolist() == p
+        # one call per generated token, the stop token included, as when decoded alone
+        assert int(result.row_nfe[r]) == len(expected)
+    assert result.nfe == int(result.row_nfe.max())

@@ -184,3 +184,25 @@ def test_confidence_steps_that_reveal_nothing_reuse_the_last_call():
     n_blocks = (L - prompt) // 2
     assert outs[False].nfe >= 7 * n_blocks  # every step but the finished ones calls
     assert outs[True].nfe <= 2 * n_blocks
+
+
+def test_threshold_block_decoding_cached_equals_recomputed_and_counts_rows():
+    """Parallel commit in 4-token blocks: the prefix cache changes no token, no call count and
+    no per-row count; a row that stops at EOS needs fewer calls than the batch made, and no
+    block takes more calls than it has tokens."""
+    bb = make(4, predictor="confidence")
+    bb.model.time_conditioning = False
+    bb.cfg.sampling.threshold = 0.2
+    tok = bb.tokenizer
+    L = 21
+    ids, fixed = prompt_rows(tok, (3, 5, 6, 9), L)
+    with torch.no_grad():
+        bb.model.output_layer.linear.bias[tok.eos_id] += 4.0
+    outs = sample_both_ways(bb, "kv_cache", ids, fixed, steps=4, seed=2)
+    assert torch.equal(outs[True].ids, outs[False].ids)
+    assert outs[True].nfe == outs[False].nfe
+    assert outs[True].row_nfe.tolist() == outs[False].row_nfe.tolist()
+    rows = outs[True].row_nfe
+    assert int(rows.max()) <= outs[True].nfe <= 4 * 5
+    ends = (outs[True].ids == tok.eos_id).any(1)
+    assert ends.any() and int(rows[ends].min()) < outs[True].nfe

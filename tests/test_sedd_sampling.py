@@ -7,7 +7,7 @@ from dot.backbone import backbone_class
 from dot.tokenization import load_tokenizer
 from sedd_backend.graph import get_graph
 from sedd_backend.noise import LogLinearNoise
-from sedd_backend.sampling import pc_sample
+from sedd_backend.sampling import ParallelCommit, pc_sample
 
 torch.set_num_threads(1)
 CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
@@ -121,3 +121,74 @@ def test_confidence_and_left_to_right_reveal_order():
     assert conf.tolist() == [[V, 0, V, 1]]
     ltr = LeftToRightPredictor(graph, noise).probs(score_fn, x, t, dt).argmax(-1)
     assert ltr.tolist() == [[2, 0, V, V]]
+
+
+def chain_score_fn(V, answer, independent):
+    """A hand-built absorbing 'network' whose answer is known: position i is sure of
+    answer[i] (probability ~1) when it is independent or position i - 1 is revealed, and
+    knows nothing (uniform) otherwise, like a digit waiting for its carry."""
+    def score_fn(x_BL, sigma_B):
+        B, L = x_BL.shape
+        ready_BL = independent[None].expand(B, L).clone()
+        ready_BL[:, 1:] |= x_BL[:, :-1] != V
+        log = torch.zeros(B, L, V + 1)
+        log[..., :V] = torch.where(ready_BL[..., None], -30.0, 0.0)
+        rows, cols = torch.arange(B)[:, None].expand(B, L), torch.arange(L).expand(B, L)
+        log[rows, cols, answer.expand(B, L)] = torch.where(ready_BL, 10.0, 0.0)
+        return log.exp()
+    return score_fn
+
+
+@pytest.mark.parametrize("independent, calls", [
+    ([1, 1, 1, 1, 1, 1], 1),                 # every position sure at once: one call
+    ([1, 0, 1, 0, 1, 0], 2),                 # each odd position waits for its left neighbour
+    ([1, 0, 0, 0, 0, 0], 6),                 # a full carry chain: one position per call
+])
+def test_threshold_commit_reveals_every_sure_position_per_call(independent, calls):
+    """Fast-dLLM's rule on a model whose answer is known: each call reveals exactly the
+    positions the model is sure of (and at least one), the ids are the answer, and the calls
+    are the length of the longest dependency chain, however many steps T allows."""
+    V, answer = 7, torch.tensor([3, 1, 4, 1, 5, 2])
+    graph = get_graph("absorb", V)
+    score_fn = chain_score_fn(V, answer, torch.tensor(independent, dtype=torch.bool))
+    for commit in (ParallelCommit(threshold=0.9), ParallelCommit(margin=0.5)):
+        out = pc_sample(score_fn, graph, LogLinearNoise(), (2, 6), 6, torch.Generator(),
+                        predictor="confidence", skip_finished=True, commit=commit,
+                        record_chain=True)
+        assert out.ids.tolist() == [answer.tolist()] * 2
+        assert out.nfe == calls and out.row_nfe.tolist() == [calls, calls]
+        # plain confidence at the same T reveals one position per step: 6 calls
+        plain = pc_sample(score_fn, graph, LogLinearNoise(), (1, 6), 6, torch.Generator(),
+                          predictor="confidence", skip_finished=True)
+        assert plain.nfe == 6 and plain.ids.tolist() == [answer.tolist()]
+
+
+def test_threshold_commit_reveals_at_least_one_and_respects_the_schedule():
+    """A model that is never sure (uniform): the threshold never fires, so each call reveals
+    the schedule's count raised to at least one; T = 2 still ends after two calls with no
+    mask left, and T = 4 reveals the 6 positions in 4 calls, never fewer than one a call."""
+    V = 5
+    graph = get_graph("absorb", V)
+
+    def unsure(x_BL, sigma_B):
+        return torch.ones(*x_BL.shape, V + 1)
+
+    for steps in (2, 4, 12):
+        out = pc_sample(unsure, graph, LogLinearNoise(), (1, 6), steps, torch.Generator(),
+                        predictor="confidence", skip_finished=True, record_chain=True,
+                        commit=ParallelCommit(threshold=0.99), denoise=False)
+        masked = [int((s == V).sum()) for s in out.chain]
+        assert masked[-1] == 0 and out.nfe == min(steps, 6)
+        assert all(a > b for a, b in zip([6] + masked, masked[: out.nfe]))
+
+
+def test_parallel_commit_rejects_bad_values_and_sampling_predictors():
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="sampling.threshold"):
+            ParallelCommit(threshold=bad)
+    with pytest.raises(ValueError, match="sampling.margin"):
+        ParallelCommit(margin=2.0)
+    with pytest.raises(ValueError, match="confidence predictor"):
+        pc_sample(lambda x, s: torch.ones(*x.shape, 6), get_graph("absorb", 5), LogLinearNoise(),
+                  (1, 3), 2, torch.Generator(), predictor="analytic",
+                  commit=ParallelCommit(threshold=0.9))
