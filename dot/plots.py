@@ -5,6 +5,7 @@
     python -m dot.plots sc RUN/eval/test-T64-runs5.summary.json --out sc.png
     python -m dot.plots speed --dot SEDD/eval/*.summary.json --ar AR/eval/*.summary.json --out speed.png
     python -m dot.plots time DoT=RUN_A AR=RUN_B --out time_to_acc.png
+    python -m dot.plots calls bench/results/decoding.csv --out calls.png
 
 Inputs are what the project already writes: `<run>/logs/metrics.csv` (dot.train: step, loss,
 lr, grad_norm, steps_per_s, seconds; eval_loss, valid_acc, valid_token_acc on eval steps) and
@@ -258,6 +259,42 @@ def time_to_accuracy(runs: Mapping[str, str | Path] | Sequence[str | Path],
     return _save_accuracy_plot(fig, axes[0], out_png, "validation exact accuracy (%)")
 
 
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (calls, accuracy) points no other point beats on both: fewer-or-equal calls and
+    higher-or-equal accuracy, one strictly. Sorted by calls."""
+    front: list[tuple[float, float]] = []
+    for calls, acc in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or acc > front[-1][1]:
+            front.append((calls, acc))
+    return front
+
+
+def calls_accuracy(csv_paths: Sequence[str | Path], out_png: str | Path, batch: int = 1) -> Path:
+    """Exact accuracy vs network calls per example (log axis), one point per decoding of
+    `bench/bench_decoding.py`, with the Pareto front: what a user picks from."""
+    pts: list[tuple[str, float, float]] = []
+    for path in csv_paths:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                if int(row["batch"]) == batch:
+                    pts.append((row["model"], float(row["calls_mean"]), float(row["exact"])))
+    if not pts:
+        raise ValueError(f"calls_accuracy: no rows of batch {batch} in {list(map(str, csv_paths))}")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    front = pareto_front([(c, a) for _, c, a in pts])
+    ax.step([c for c, _ in front], [a for _, a in front], where="post", color="tab:grey",
+            alpha=0.6, label="Pareto front", zorder=2)
+    for label, calls, acc in pts:
+        is_ar = label.lower().startswith("ar")
+        ax.scatter([calls], [acc], c="tab:red" if is_ar else "tab:blue",
+                   marker="s" if is_ar else "o", zorder=3)
+        ax.annotate(label, (calls, acc), fontsize=7, textcoords="offset points", xytext=(4, -10))
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.set_xlabel("network calls per example (mean)")
+    return _save_accuracy_plot(fig, ax, out_png, "exact answers (%)")
+
+
 # ---------------------------------------------------------------------------------- CLI
 def _named(items: Sequence[str]) -> dict[str, str]:
     """LABEL=PATH (or PATH, labelled by its folder name)."""
@@ -283,7 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--ar", nargs="*", default=[], help="AR summaries")
     e = sub.add_parser("time", help="validation accuracy vs training wall time of several runs")
     e.add_argument("runs", nargs="+", help="LABEL=RUN or RUN")
-    for s in (a, b, c, d, e):
+    f = sub.add_parser("calls", help="exact accuracy vs network calls (bench_decoding.py CSVs)")
+    f.add_argument("csvs", nargs="+")
+    f.add_argument("--batch", type=int, default=1, help="which batch size's rows")
+    for s in (a, b, c, d, e, f):
         s.add_argument("--out", required=True, help="output PNG")
     args = p.parse_args(argv)
     try:
@@ -297,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
             pts = [Point.from_summary(s, "DoT") for s in args.dot] + \
                   [Point.from_summary(s, "AR") for s in args.ar]
             out = speed_accuracy(pts, args.out)
+        elif args.command == "calls":
+            out = calls_accuracy(args.csvs, args.out, args.batch)
         else:
             out = time_to_accuracy(_named(args.runs), args.out)
     except (FileNotFoundError, ValueError, KeyError) as err:

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dot.plots import (Point, accuracy_vs_steps, eval_figures, loss_curve, main, read_metrics, sc_curve,
-                       series_label, speed_accuracy, time_to_accuracy)
+from dot.plots import (Point, accuracy_vs_steps, calls_accuracy, eval_figures, loss_curve, main,
+                       pareto_front, read_metrics, sc_curve, series_label, speed_accuracy,
+                       time_to_accuracy)
 
 
 def fake_run(path, seconds_per_step=1.0, accs=(0.1, 0.4, 0.7)):
@@ -112,3 +113,22 @@ def test_cli(tmp_path, capsys):
     assert_png(tmp_path / "t.png")
     assert main(["loss", str(tmp_path / "missing"), "--out", str(tmp_path / "m.png")]) == 2
     assert "metrics.csv" in capsys.readouterr().err
+
+
+def test_pareto_front_by_hand():
+    # (calls, exact %): (8, 90) is beaten by (4, 95); (110, 100) is the only 100 % point
+    pts = [(110, 100.0), (55, 99.0), (8, 90.0), (4, 95.0), (2, 10.0), (4, 80.0)]
+    assert pareto_front(pts) == [(2, 10.0), (4, 95.0), (55, 99.0), (110, 100.0)]
+
+
+def test_calls_accuracy_from_bench_csv(tmp_path):
+    path = tmp_path / "decoding.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["model", "batch", "calls_mean", "exact"])
+        w.writeheader()
+        w.writerows([dict(model="AR", batch=1, calls_mean=110, exact=100),
+                     dict(model="fast", batch=1, calls_mean=7.5, exact=99.2),
+                     dict(model="fast", batch=64, calls_mean=7.5, exact=99.2)])
+    assert_png(calls_accuracy([path], tmp_path / "calls.png"))
+    with pytest.raises(ValueError, match="no rows of batch 8"):
+        calls_accuracy([path], tmp_path / "none.png", batch=8)
