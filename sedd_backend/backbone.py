@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from dot.backbone import Backbone, Batch, SampleResult
 from dot.rng import RowRandom
 from dot.tokenization import Tokenizer
-from sedd_backend.blocks import sample_blocks, two_copy_model
+from sedd_backend.blocks import block_ids, sample_blocks, two_copy_model
 from sedd_backend.graph import Graph, get_graph
 from sedd_backend.load import load_model
 from sedd_backend.losses import denoiser_log_score, score_entropy_loss
@@ -109,16 +109,18 @@ class SEDDBackbone(Backbone):
         """Sum of the rows' score-entropy losses / global batch size (summed by the trainer)."""
         batch = batch.to(self._device())
         bb = self.cfg.get("backbone", {})
-        model, stats = self.model, {}
+        model, stats, segments = self.model, {}, None
         if self.block_tokens:
             model = two_copy_model(self.model, batch.input_ids, batch.fixed_mask, self.block_tokens)
+            segments = block_ids(batch.fixed_mask, self.block_tokens)
         loss_B = score_entropy_loss(model, self.graph, self.noise, batch.input_ids,
                                     batch.fixed_mask, rng,
                                     weighting=bb.get("loss_weighting", "elbo"),
                                     order=bb.get("mask_order", "random"),
                                     real_BL=batch.attention_mask,
                                     objective=bb.get("objective", "score_entropy"),
-                                    stats=stats, t_range=tuple(bb.get("t_range", (0.0, 1.0))))
+                                    stats=stats, t_range=tuple(bb.get("t_range", (0.0, 1.0))),
+                                    segments_BL=segments)
         loss = loss_B.sum() / batch.global_batch_size
         return loss, {"loss": loss.item(), **stats}
 

@@ -18,7 +18,7 @@ SAMPLING_EPS = 1e-3  # t ~ U[eps, 1): avoids sigma = 0, where the absorbing weig
 
 
 def mask_suffix(x0_BL: Tensor, sigma_B: Tensor, rng: Draws, fixed_BL: Tensor, mask: int,
-                real_BL: Tensor | None = None) -> Tensor:
+                real_BL: Tensor | None = None, segments_BL: Tensor | None = None) -> Tensor:
     """Ordered absorbing corruption: mask the *last* ~(1 - e^-sigma) of the free positions.
 
     The expected number of masks matches the independent corruption, but the clean positions
@@ -27,12 +27,20 @@ def mask_suffix(x0_BL: Tensor, sigma_B: Tensor, rng: Draws, fixed_BL: Tensor, ma
     reading order, which for least-significant-digit-first arithmetic is the order of carries.
     With `real_BL` (False on padding) the suffix is counted over the real target tokens and
     padding is always masked, so short targets in long rows are not mostly left clean.
+    With `segments_BL` (non-decreasing ids along the row: block diffusion's blocks) every
+    segment gets its own suffix: each block learns "the rest of the block, given the clean
+    part before", the view a left-to-right parallel decoder gives it.
     """
     free_BL = ~fixed_BL if real_BL is None else ~fixed_BL & real_BL
-    n_B = free_BL.sum(1)
-    keep_B = torch.floor(n_B * torch.exp(-sigma_B) + rng.rand().to(x0_BL.device)).clamp(max=n_B)
-    rank_BL = free_BL.cumsum(1) - 1  # 0, 1, ... over the free positions
-    masked_BL = free_BL & (rank_BL >= keep_B[:, None])
+    seg_BL = torch.zeros_like(x0_BL) if segments_BL is None else segments_BL.long()
+    n_BS = torch.zeros(x0_BL.shape[0], int(seg_BL.max()) + 1, dtype=torch.long,
+                       device=x0_BL.device).scatter_add_(1, seg_BL, free_BL.long())
+    before_BS = n_BS.cumsum(1) - n_BS  # free positions in earlier segments
+    rank_BL = free_BL.long().cumsum(1) - 1 - before_BS.gather(1, seg_BL)  # rank in its segment
+    n_BL = n_BS.gather(1, seg_BL)
+    u_B1 = rng.rand().to(x0_BL.device)[:, None]
+    keep_BL = torch.minimum(torch.floor(n_BL * torch.exp(-sigma_B)[:, None] + u_B1), n_BL)
+    masked_BL = free_BL & (rank_BL >= keep_BL)
     if real_BL is not None:
         masked_BL |= ~fixed_BL & ~real_BL
     return torch.where(masked_BL, mask, x0_BL)
@@ -43,7 +51,8 @@ def score_entropy_loss(model: Callable[[Tensor, Tensor], Tensor], graph: Graph, 
                        sampling_eps: float = SAMPLING_EPS, weighting: str = "elbo",
                        order: str = "random", real_BL: Tensor | None = None,
                        objective: str = "score_entropy", stats: dict | None = None,
-                       t_range: tuple[float, float] = (0.0, 1.0)) -> Tensor:
+                       t_range: tuple[float, float] = (0.0, 1.0),
+                       segments_BL: Tensor | None = None) -> Tensor:
     """Per-row loss [B]: sum over positions of sigma'(t) * score entropy at a random t.
 
     `fixed_BL` is True on the conditioning source (DoT's input_mask == 0). Random numbers come
@@ -54,7 +63,8 @@ def score_entropy_loss(model: Callable[[Tensor, Tensor], Tensor], graph: Graph, 
       turning the ELBO's 1/t-weighted cross-entropy into a plain mean over masked tokens
       (MaskGIT-style); lower gradient variance, not a likelihood bound.
     * `order='left_to_right'` masks a suffix of the real target tokens and all padding
-      (`mask_suffix`; `real_BL` is the attention mask).
+      (`mask_suffix`; `real_BL` is the attention mask), of every segment in `segments_BL`
+      (block diffusion's blocks) when given.
     * `objective='cross_entropy'` trains the output as denoiser logits (MDLM's mean
       parametrisation): softmax over the real tokens, cross-entropy at masked positions with
       the same ELBO weight sigma'/e(sigma) (or flat). Sample with `denoiser_log_score`.
@@ -80,7 +90,7 @@ def score_entropy_loss(model: Callable[[Tensor, Tensor], Tensor], graph: Graph, 
     sigma_B, dsigma_B = noise(t_B)
     # 3. corrupt the target, keep the source clean
     if order == "left_to_right":
-        xt_BL = mask_suffix(x0_BL, sigma_B, rng, fixed_BL, graph.dim - 1, real_BL)
+        xt_BL = mask_suffix(x0_BL, sigma_B, rng, fixed_BL, graph.dim - 1, real_BL, segments_BL)
     elif order == "random":
         xt_BL = graph.sample_transition(x0_BL, sigma_B, rng, fixed_BL)
     else:

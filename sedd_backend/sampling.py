@@ -192,11 +192,33 @@ class ConfidencePredictor(Predictor):
 
 
 class LeftToRightPredictor(ConfidencePredictor):
-    """Reveal masked positions in reading order (the decoder of `order=left_to_right` training)."""
+    """Reveal masked positions in reading order (the decoder of `order=left_to_right` training).
+
+    With an active `commit` a step reveals the longest run of sure masked positions from the
+    first masked one on (and at least that one), so the clean positions stay a prefix, as in
+    training: multi-token prediction that accepts as many tokens as the model is sure of.
+    """
 
     def priority(self, confidence_BL: Tensor) -> Tensor:
         return -torch.arange(confidence_BL.shape[1], device=confidence_BL.device,
                              dtype=confidence_BL.dtype).expand_as(confidence_BL)
+
+    def next_ids(self, score_fn: ScoreFn, x_BL: Tensor, t_B: Tensor, dt: float) -> Tensor:
+        if not self.commit.active:
+            return super().next_ids(score_fn, x_BL, t_B, dt)
+        sigma_B = self.noise.total_noise(t_B)
+        stay_B = -torch.expm1(-self.noise.total_noise(t_B - dt)) / -torch.expm1(-sigma_B)
+        confidence_BL, runner_up_BL, token_BL = self.denoised(score_fn, x_BL, sigma_B)
+        masked_BL = x_BL == self.graph.dim - 1
+        n_masked_B = masked_BL.sum(1)
+        n_reveal_B = (n_masked_B - torch.round(n_masked_B * stay_B.clamp(0, 1)).long()).clamp(min=1)
+        rank_BL = masked_BL.long().cumsum(1) - 1  # reading order among the masked positions
+        unsure_BL = masked_BL & ~self.commit.commits(confidence_BL, runner_up_BL)
+        # the schedule's first positions (at least one), and every masked position with no
+        # unsure masked position at or before it
+        run_BL = unsure_BL.long().cumsum(1) == 0
+        reveal_BL = masked_BL & ((rank_BL < n_reveal_B[:, None]) | run_BL)
+        return torch.where(reveal_BL, token_BL, x_BL)
 
 
 PREDICTORS: dict[str, type[Predictor]] = {"euler": EulerPredictor, "analytic": AnalyticPredictor,

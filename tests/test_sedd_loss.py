@@ -127,6 +127,31 @@ def test_left_to_right_counts_real_tokens_and_always_masks_padding():
     assert (xt[:, 6:] == N).all() and (xt[:, :6] == x0[:, :6]).all()
 
 
+def test_left_to_right_masks_a_suffix_of_every_block():
+    """Blocks of 4 after a 2-token prompt (block ids from `block_ids`): each block gets its own
+    suffix, of floor(4 e^-sigma + u) kept tokens with the row's one uniform u, so for
+    e^-sigma = 0.5 two or three clean tokens open every full block; the cut last block of 2
+    keeps one or two."""
+    from sedd_backend.blocks import block_ids
+    from sedd_backend.losses import mask_suffix
+
+    B, L = 64, 12
+    x0 = torch.randint(0, N, (B, L))
+    fixed = torch.zeros(B, L, dtype=torch.bool)
+    fixed[:, :2] = True
+    segments = block_ids(fixed, 4)  # 0 0 | 1 1 1 1 | 2 2 2 2 | 3 3
+    rng = RowRandom(5, 0, torch.arange(B))
+    u = RowRandom(5, 0, torch.arange(B)).rand()
+    xt = mask_suffix(x0, torch.full((B,), math.log(2.0)), rng, fixed, N, segments_BL=segments)
+    masked = xt == N
+    assert not masked[:, :2].any() and torch.equal(xt[~masked], x0[~masked])
+    for lo, hi in ((2, 6), (6, 10), (10, 12)):
+        block = masked[:, lo:hi]
+        assert (block.int().diff(dim=1) >= 0).all()  # a suffix of the block
+        kept = (~block).sum(1)
+        assert torch.equal(kept, torch.floor((hi - lo) * 0.5 + u).long())
+
+
 def test_cross_entropy_objective_by_hand_and_its_scores():
     from sedd_backend.graph import expm1_sigma
     from sedd_backend.losses import denoiser_log_score

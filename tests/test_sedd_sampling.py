@@ -192,3 +192,24 @@ def test_parallel_commit_rejects_bad_values_and_sampling_predictors():
         pc_sample(lambda x, s: torch.ones(*x.shape, 6), get_graph("absorb", 5), LogLinearNoise(),
                   (1, 3), 2, torch.Generator(), predictor="analytic",
                   commit=ParallelCommit(threshold=0.9))
+
+
+def test_left_to_right_commit_reveals_the_sure_run_and_keeps_a_clean_prefix():
+    """Reading-order parallel commit on the hand-built model: positions 2..5 are sure from the
+    start but wait behind the unsure position 1, so the clean positions always form a prefix;
+    two calls (plain left-to-right at T = 6: six)."""
+    V, answer = 7, torch.tensor([3, 1, 4, 1, 5, 2])
+    graph = get_graph("absorb", V)
+    score_fn = chain_score_fn(V, answer, torch.tensor([1, 0, 1, 1, 1, 1], dtype=torch.bool))
+    out = pc_sample(score_fn, graph, LogLinearNoise(), (1, 6), 6, torch.Generator(),
+                    predictor="left_to_right", skip_finished=True, record_chain=True,
+                    commit=ParallelCommit(threshold=0.9))
+    assert out.ids.tolist() == [answer.tolist()] and out.nfe == 2
+    assert [int((s != V).sum()) for s in out.chain[:2]] == [1, 6]
+    for state in out.chain:
+        clean = (state[0] != V).int()
+        assert (clean.diff() <= 0).all()
+    confidence_order = pc_sample(score_fn, graph, LogLinearNoise(), (1, 6), 6, torch.Generator(),
+                                 predictor="confidence", skip_finished=True, record_chain=True,
+                                 commit=ParallelCommit(threshold=0.9))
+    assert int((confidence_order.chain[0] != V).sum()) == 5  # holes: 0, 2..5 at once
