@@ -19,6 +19,7 @@ case "$recipe" in
                     backbone.time_conditioning=false backbone.objective=cross_entropy \
                     backbone.loss_weighting=flat "$@" ;;  # plain single pass, best settings found
   cpu-4x4-ar)     $PY finetune.py experiment=cpu_4x4 backbone=ar "$@" ;; # AR baseline
+  cpu-4x4-fast)   $PY finetune.py experiment=cpu_4x4_fast "$@" ;;        # few parallel calls
   # --- Plaid-1B, DoT paper (HKUNLP/diffusion-of-thoughts run_train.sh), 8 GPUs x 16 --------
   plaid-gsm8k)    $PY finetune.py backbone=plaid model=plaid1b init=${PLAID_WEIGHTS:-plaid1b_weights} \
                     data.task=gsm8k data.tokenizer=owt2 data.digit=True training.block_size=256 \

@@ -8,6 +8,7 @@ curve whatever the number of processes or accumulation steps.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import random
@@ -28,6 +29,7 @@ from dot.collate import collate
 from dot.data import load_split
 from dot.ema import EMA
 from dot.evaluate import evaluate, format_summary, result_name
+from dot.results import write_text_atomic
 from dot.examples import TokenizedExample, tokenize, training_pair
 from dot.rng import RowRandom, seed_key
 from dot.tasks import Example, Task, get_task
@@ -132,6 +134,7 @@ class Trainer:
         self.step = 0
         self.train_seconds = 0.0  # wall time of run() over every invocation (resumes included)
         self.time_used = 0.0  # share of training.max_minutes spent, as the lr schedule sees it
+        self.cut_short: dict[str, float] | None = None  # set when max_minutes stops the run early
         self._perm, self._perm_epoch = [], -1  # the training order of the current epoch
         self._resume()
 
@@ -315,7 +318,14 @@ class Trainer:
                 self.save(snapshot=True)
         bar.close()
         if self.step < tcfg.n_iters:
-            self.info(f"training.max_minutes={tcfg.max_minutes} reached at step {self.step}")
+            self.cut_short = {"step": self.step, "n_iters": int(tcfg.n_iters),
+                              "max_minutes": float(tcfg.max_minutes)}
+            log.warning(
+                f"TRAINING CUT SHORT: training.max_minutes={tcfg.max_minutes} reached at step "
+                f"{self.step} of training.n_iters={tcfg.n_iters}; this machine is slower than "
+                "the recipe assumes, so the model is not the one the recipe describes (the "
+                "results summary says so too). Resume with a larger training.max_minutes to "
+                "finish the steps.")
         self.save(snapshot=True)
         return self.final_eval()
 
@@ -348,9 +358,17 @@ class Trainer:
         examples = self.test[:n] if n else self.test
         name = result_name("test", self.cfg.sampling.steps, self.cfg.data.multipass,
                            first=len(examples) if len(examples) < len(self.test) else None)
-        summary = self.decode(examples, self.run_dir / "eval" / name, progress=True)
+        out = self.run_dir / "eval" / name
+        summary = self.decode(examples, out, progress=True)
+        if self.cut_short:
+            summary["training_cut_short"] = self.cut_short
+            write_text_atomic(out.with_suffix(".summary.json"),
+                              json.dumps({k: v for k, v in summary.items() if k != "results"},
+                                         indent=2) + "\n")
         self.info(f"final evaluation on {len(examples)} test examples ({self.test_source}):\n"
-                  + format_summary(summary))
+                  + format_summary(summary)
+                  + (f"\nWARNING: training was cut short at step {self.step} of "
+                     f"{self.cfg.training.n_iters} (training.max_minutes)" if self.cut_short else ""))
         from dot.plots import eval_figures, loss_curve  # matplotlib only when a run ends
         figures = [loss_curve(self.run_dir, self.run_dir / "loss.png"),
                    *eval_figures(self.run_dir / "eval")]

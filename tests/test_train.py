@@ -1,5 +1,6 @@
 """The shared trainer: lr schedule, clipping, EMA, resume and data parallelism."""
 import csv
+import json
 import math
 import os
 import subprocess
@@ -39,8 +40,13 @@ def test_time_budget_spans_resumes(tmp_path):
     cfg = compose_config(["backbone=ar", *TINY, "training.n_iters=5000", "training.max_minutes=0.004",
                           "eval.n_examples=2", "training.log_freq=1"])
     first = Trainer(cfg, tmp_path / "run")
-    first.run()
+    summary = first.run()
     assert 1 <= first.step < 5000 and first.train_seconds >= 0.24
+    # the guard's cut is reported in the results summary, not only in the log
+    cut = {"step": first.step, "n_iters": 5000, "max_minutes": 0.004}
+    assert summary["training_cut_short"] == cut
+    written = json.loads(next((tmp_path / "run" / "eval").glob("*.summary.json")).read_text())
+    assert written["training_cut_short"] == cut
     again = Trainer(cfg, tmp_path / "run")
     assert again.step == first.step and again.train_seconds == pytest.approx(first.train_seconds)
     again.run()
