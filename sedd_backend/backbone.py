@@ -110,16 +110,24 @@ class SEDDBackbone(Backbone):
         batch = batch.to(self._device())
         bb = self.cfg.get("backbone", {})
         model, stats, segments = self.model, {}, None
+        t_range = tuple(bb.get("t_range", (0.0, 1.0)))
         if self.block_tokens:
-            model = two_copy_model(self.model, batch.input_ids, batch.fixed_mask, self.block_tokens)
-            segments = block_ids(batch.fixed_mask, self.block_tokens)
+            size = self.block_tokens
+            if bb.get("train_blocks"):  # each row draws one of the layouts
+                layouts = bb.train_blocks
+                pick_B = rng.randint(len(layouts)).to(batch.input_ids.device)
+                table = torch.tensor([[m.tokens, *m.t_range] for m in layouts],
+                                     device=batch.input_ids.device)[pick_B]
+                size, t_range = table[:, 0].long(), (table[:, 1], table[:, 2])
+            model = two_copy_model(self.model, batch.input_ids, batch.fixed_mask, size)
+            segments = block_ids(batch.fixed_mask, size)
         loss_B = score_entropy_loss(model, self.graph, self.noise, batch.input_ids,
                                     batch.fixed_mask, rng,
                                     weighting=bb.get("loss_weighting", "elbo"),
                                     order=bb.get("mask_order", "random"),
                                     real_BL=batch.attention_mask,
                                     objective=bb.get("objective", "score_entropy"),
-                                    stats=stats, t_range=tuple(bb.get("t_range", (0.0, 1.0))),
+                                    stats=stats, t_range=t_range,
                                     segments_BL=segments)
         loss = loss_B.sum() / batch.global_batch_size
         return loss, {"loss": loss.item(), **stats}

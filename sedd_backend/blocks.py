@@ -40,12 +40,15 @@ from sedd_backend.sampling import ParallelCommit, pc_sample
 MaskedLogScore = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
-def block_ids(fixed_BL: Tensor, size: int) -> Tensor:
-    """Block index of every position: 0 on the fixed prefix, then 1 + (target rank // size)."""
-    if size < 1:
-        raise ValueError(f"backbone.block_tokens must be >= 1, got {size}")
+def block_ids(fixed_BL: Tensor, size: int | Tensor) -> Tensor:
+    """Block index of every position: 0 on the fixed prefix, then 1 + (target rank // size).
+
+    `size` is one block length, or one per row ([B], for training on a mixture of sizes)."""
+    size_B1 = torch.as_tensor(size, device=fixed_BL.device).reshape(-1, 1)
+    if (size_B1 < 1).any():
+        raise ValueError(f"backbone.block_tokens must be >= 1, got {size_B1.flatten().tolist()}")
     rank_BL = (~fixed_BL).long().cumsum(1) - 1
-    return torch.where(fixed_BL, 0, 1 + rank_BL.clamp(min=0) // size)
+    return torch.where(fixed_BL, 0, 1 + rank_BL.clamp(min=0) // size_B1)
 
 
 def block_causal_mask(blocks_BL: Tensor) -> Tensor:
@@ -67,7 +70,7 @@ def training_mask(blocks_BL: Tensor, start: int = 0) -> Tensor:
 
 
 def two_copy_model(model: Callable[..., Tensor], x0_BL: Tensor, fixed_BL: Tensor,
-                   size: int) -> Callable[[Tensor, Tensor], Tensor]:
+                   size: int | Tensor) -> Callable[[Tensor, Tensor], Tensor]:
     """`(xt_BL, sigma_B) -> log-scores [B, L, V]` of the noisy tokens, every block at once.
 
     Positions fixed in every row (the shortest prompt) get no noisy copy, so their log-scores

@@ -51,7 +51,7 @@ def score_entropy_loss(model: Callable[[Tensor, Tensor], Tensor], graph: Graph, 
                        sampling_eps: float = SAMPLING_EPS, weighting: str = "elbo",
                        order: str = "random", real_BL: Tensor | None = None,
                        objective: str = "score_entropy", stats: dict | None = None,
-                       t_range: tuple[float, float] = (0.0, 1.0),
+                       t_range: tuple[float | Tensor, float | Tensor] = (0.0, 1.0),
                        segments_BL: Tensor | None = None) -> Tensor:
     """Per-row loss [B]: sum over positions of sigma'(t) * score entropy at a random t.
 
@@ -81,9 +81,11 @@ def score_entropy_loss(model: Callable[[Tensor, Tensor], Tensor], graph: Graph, 
     if (weighting != "elbo" or order != "random" or objective != "score_entropy") \
             and not graph.absorb:
         raise ValueError("loss weighting / mask order / objective options need the absorbing graph")
-    # 1. a time per row, away from 0
-    lo, hi = max(float(t_range[0]), sampling_eps), float(t_range[1])
-    if not lo <= hi <= 1:
+    # 1. a time per row, away from 0 (t_range: two floats, or two [B] tensors, one range a row)
+    lo, hi = t_range
+    lo = lo.clamp(min=sampling_eps) if isinstance(lo, Tensor) else max(float(lo), sampling_eps)
+    hi = hi if isinstance(hi, Tensor) else float(hi)
+    if not bool(((torch.as_tensor(lo) <= hi) & (torch.as_tensor(hi) <= 1)).all()):
         raise ValueError(f"backbone.t_range={list(t_range)} must satisfy 0 <= lo <= hi <= 1")
     t_B = (hi - lo) * rng.rand().to(x0_BL.device) + lo
     # 2. total noise and its rate

@@ -30,6 +30,44 @@ def test_block_ids_by_hand():
     assert block_ids(fixed, 100).tolist() == [[0, 0, 0, 1, 1, 1, 1, 1], [0] + [1] * 7]
 
 
+def test_block_ids_with_a_size_per_row():
+    fixed = torch.tensor([[1, 1, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    assert block_ids(fixed, torch.tensor([2, 4])).tolist() == [[0, 0, 1, 1, 2, 2, 3],
+                                                               [0, 1, 1, 1, 1, 2, 2]]
+    with pytest.raises(ValueError, match="block_tokens must be >= 1"):
+        block_ids(fixed, torch.tensor([2, 0]))
+
+
+def test_training_on_a_mixture_of_block_layouts():
+    """backbone.train_blocks: each row draws its layout (block size and t range) from the
+    row's own random stream, so a row's loss is the one it gets when trained in that layout
+    alone: a batch split into rows gives the same per-row losses."""
+    from omegaconf import OmegaConf
+
+    from dot.backbone import Batch
+    from dot.rng import RowRandom
+
+    bb = make(2, previous_token=True)
+    bb.model.time_conditioning = False
+    bb.cfg.backbone.objective, bb.cfg.backbone.mask_order = "cross_entropy", "left_to_right"
+    bb.cfg.backbone.train_blocks = OmegaConf.create(
+        [{"tokens": 2, "t_range": [0.8, 1.0]}, {"tokens": 5, "t_range": [0.0, 1.0]}])
+    tok = bb.tokenizer
+    ids, fixed = prompt_rows(tok, (3, 4, 5, 3), 14)
+    ids[~fixed] = torch.randint(0, 10, (int((~fixed).sum()),), generator=torch.Generator().manual_seed(0))
+    attn = torch.ones_like(fixed)
+
+    def loss_of(rows):
+        batch = Batch(ids[rows], fixed[rows], attn[rows], torch.tensor(rows), 4, 0)
+        return bb.loss(batch, RowRandom(1, 0, torch.tensor(rows)))[0]
+    whole = loss_of([0, 1, 2, 3])
+    assert whole.item() == pytest.approx(sum(loss_of([r]).item() for r in range(4)), rel=1e-4)
+    picks = RowRandom(1, 0, torch.arange(4)).randint(2).tolist()
+    assert 0 < sum(picks) < 4  # both layouts occur in this batch
+    bb.cfg.backbone.train_blocks = OmegaConf.create([{"tokens": 2, "t_range": [0.8, 1.0]}] * 2)
+    assert loss_of([0, 1, 2, 3]).item() != pytest.approx(whole.item(), rel=1e-3)
+
+
 def test_masks_by_hand():
     blocks = torch.tensor([[0, 1, 1, 2]])
     causal = block_causal_mask(blocks)[0, 0].int().tolist()
