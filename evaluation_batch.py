@@ -27,8 +27,9 @@ from dot.tasks import get_task
 
 # Sampler flags -> backbone option names; only flags the user gave are passed on, and a
 # backbone that does not know one rejects it by name.
-SAMPLER_FLAGS = ("predictor", "noise_removal", "threshold", "margin", "score_temp", "dpm_order",
-                 "logit_sample", "logit_temp", "official_dpm", "official_grid")
+SAMPLER_FLAGS = ("predictor", "noise_removal", "threshold", "margin", "block_tokens",
+                 "score_temp", "dpm_order", "logit_sample", "logit_temp", "official_dpm",
+                 "official_grid")
 PLAID_FLAGS = {"score_temp", "dpm_order", "logit_sample", "logit_temp", "official_dpm",
                "official_grid"}
 
@@ -66,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "masked position with probability >= this in the same call (parallel decoding)")
     g.add_argument("--margin", type=float, help="SEDD confidence predictors: reveal every masked "
                    "position whose top-1 beats the top-2 probability by >= this (early commit)")
+    g.add_argument("--block_tokens", type=int, help="SEDD block diffusion: decode in blocks of "
+                   "this many tokens (default: the run's backbone.block_tokens)")
     g.add_argument("--score_temp", type=float, help="Plaid score temperature")
     g.add_argument("--dpm_solver", action="store_true", help="Plaid: DPM-Solver++ "
                    "(= --predictor dpm_solver)")
@@ -139,12 +142,16 @@ def main(argv: list[str] | None = None) -> int:
                                  source=source, steps=steps)
         print(f"results: {path}")
         return 0
-    summary = evaluate(backbone, task, examples, seq_len=args.seq_len or cfg.seq_len, steps=steps,
-                       out=out, runs=args.runs, seed=args.seed, multipass=multipass,
-                       hidden_thought=cfg.data.get("hidden_thought", False),
-                       max_passes=args.cot_steps or cfg.eval.get("cot_steps", 12),
-                       batch_size=args.batch_size, record_chain=args.save_chain,
-                       progress=not args.no_progress, source_name=source, **options)
+    try:  # a sampler setting the backbone refuses (a bad --threshold...) is one line too
+        summary = evaluate(backbone, task, examples, seq_len=args.seq_len or cfg.seq_len,
+                           steps=steps, out=out, runs=args.runs, seed=args.seed,
+                           multipass=multipass, hidden_thought=cfg.data.get("hidden_thought", False),
+                           max_passes=args.cot_steps or cfg.eval.get("cot_steps", 12),
+                           batch_size=args.batch_size, record_chain=args.save_chain,
+                           progress=not args.no_progress, source_name=source, **options)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(format_summary(summary))
     print(f"results: {summary['results']}")
     from dot.plots import eval_figures  # matplotlib only once the decoding is done

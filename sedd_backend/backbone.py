@@ -27,7 +27,7 @@ from sedd_backend.sampling import ParallelCommit, pc_sample
 
 class SEDDBackbone(Backbone):
     name = "sedd"
-    sample_options = frozenset({"predictor", "noise_removal", "threshold", "margin"})
+    sample_options = frozenset({"predictor", "noise_removal", "threshold", "margin", "block_tokens"})
 
     def __init__(self, cfg: Any, tokenizer: Tokenizer, model: DDiT, graph: Graph, noise: Noise):
         super().__init__(cfg, tokenizer, model)
@@ -140,7 +140,9 @@ class SEDDBackbone(Backbone):
 
         Options: `predictor` (see `sedd_backend.sampling.PREDICTORS`), `noise_removal`
         (final denoiser), `threshold` and `margin` (`ParallelCommit`: confidence predictors
-        reveal every sure position in one call); defaults from `cfg.sampling`. `cfg.sampling.skip_finished` stops
+        reveal every sure position in one call), `block_tokens` (decode a block-diffusion
+        model in blocks of another size, e.g. one trained on `backbone.train_blocks`);
+        defaults from `cfg.sampling`. `cfg.sampling.skip_finished` stops
         network calls once no position is masked (identical ids, lower nfe);
         `cfg.sampling.reuse_unchanged` lets a sigma-blind network's confidence steps reuse the
         previous call when nothing was revealed (identical ids, lower nfe). With
@@ -166,11 +168,15 @@ class SEDDBackbone(Backbone):
                   "reuse_unchanged": (not self.model.time_conditioning
                                       and bool(sampling.get("reuse_unchanged", True)))}
         try:
-            if self.block_tokens:
+            size = int(options.get("block_tokens") or self.block_tokens or 0)
+            if options.get("block_tokens") and not self.block_tokens:
+                raise ValueError("block_tokens: this model was trained without blocks "
+                                 "(backbone.block_tokens=null); decode it whole")
+            if size:
                 tok = self.tokenizer
                 cached = not self.model.time_conditioning and sampling.get("kv_cache", True)
                 result = sample_blocks(self.log_score, self.graph, self.noise, ids_BL, fixed_BL,
-                                       self.block_tokens, steps, generator, eos_id=tok.eos_id,
+                                       size, steps, generator, eos_id=tok.eos_id,
                                        pad_id=tok.pad_id, predictor=predictor, denoise=denoise,
                                        record_chain=record_chain, **savings,
                                        n_layers=len(self.model.blocks) if cached else None)

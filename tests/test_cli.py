@@ -71,6 +71,35 @@ def test_block_diffusion_run_decodes_block_by_block(runs):
     assert backbone.block_tokens == 2 and not backbone.model.time_conditioning
 
 
+def test_parallel_commit_and_block_size_flags(runs, capsys):
+    """--threshold 1e-9 makes every position sure: one call per block, whatever T, and the
+    per-example count is in the records; --block_tokens 4 halves the blocks; both flags are
+    named errors on a backbone without them (AR) and on a model trained without blocks."""
+    _, made = runs
+    run = made["sedd_block"]
+    out = run / "eval" / "fast"
+    assert evaluation_batch.main(["--weights_path", str(run), "--limit", "4", "--threshold",
+                                  "1e-9", "--sampling_timesteps", "8", "--output", str(out),
+                                  "--no_progress"]) == 0
+    fast = [json.loads(l) for l in out.with_suffix(".jsonl").read_text().splitlines()]
+    for r in fast:
+        assert r["nfe"] == math.ceil((len(r["prediction"].split()) + 1) / 2), r
+    summary = json.loads(out.with_suffix(".summary.json").read_text())
+    assert summary["nfe_max"] == max(r["nfe"] for r in fast)
+    assert evaluation_batch.main(["--weights_path", str(run), "--limit", "4", "--threshold",
+                                  "1e-9", "--block_tokens", "4", "--output", str(out),
+                                  "--no_progress"]) == 0
+    wide = [json.loads(l) for l in out.with_suffix(".jsonl").read_text().splitlines()]
+    for r in wide:
+        assert r["nfe"] == math.ceil((len(r["prediction"].split()) + 1) / 4), r
+    capsys.readouterr()
+    assert evaluation_batch.main(["--weights_path", str(made["ar"]), "--threshold", "0.9"]) == 2
+    assert "--threshold does not apply to the ar backbone" in capsys.readouterr().err
+    assert evaluation_batch.main(["--weights_path", str(made["sedd"]), "--block_tokens", "4",
+                                  "--limit", "2", "--no_progress"]) == 2
+    assert "trained without blocks" in capsys.readouterr().err
+
+
 def test_per_thought_writes_one_row_per_thought_and_needs_multipass(runs, capsys):
     _, made = runs
     run = made["sedd_block"]
