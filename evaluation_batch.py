@@ -84,7 +84,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "accepted for the official command lines)")
     p.add_argument("--tokenizer", help="tokenizer of raw weights (default: owt2 for Plaid, "
                    "gpt2 for SEDD; run folders name their own)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # checked before any model is loaded, so a slip costs no load time (argparse exits 2)
+    for flag in ("sampling_timesteps", "runs", "batch_size", "limit", "cot_steps", "seq_len",
+                 "block_tokens"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            p.error(f"--{flag} must be >= 1, got {value}")
+    for flag in ("threshold", "margin"):
+        value = getattr(args, flag)
+        if value is not None and not 0 < value <= 1:
+            p.error(f"--{flag} must be in (0, 1], got {value}")
+    for flag in ("score_temp", "logit_temp"):
+        value = getattr(args, flag)
+        if value is not None and not value > 0:
+            p.error(f"--{flag} must be > 0, got {value}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

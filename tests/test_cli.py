@@ -115,6 +115,19 @@ def test_per_thought_writes_one_row_per_thought_and_needs_multipass(runs, capsys
     assert "thought  examples  exact   tokens" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--sampling_timesteps", "0"], "--sampling_timesteps must be >= 1"),
+    (["--limit", "0"], "--limit must be >= 1"),
+    (["--runs", "-1"], "--runs must be >= 1"),
+    (["--threshold", "1.5"], "--threshold must be in (0, 1]"),
+    (["--score_temp", "0"], "--score_temp must be > 0"),
+])
+def test_bad_flags_fail_before_any_model_is_loaded(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluation_batch.main(["--weights_path", "/nonexistent/run", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_backbone_specific_flags_are_rejected_by_name(runs, capsys):
     _, made = runs
     assert evaluation_batch.main(["--weights_path", str(made["sedd"]), "--score_temp", "0.5"]) == 2
