@@ -23,6 +23,7 @@ from _common import RESULTS, machine_line, pick_device, print_table, write_csv
 
 import torch
 
+from dot.checkpoint import CheckpointError
 from dot.data import load_split
 from dot.evaluate import evaluate
 from dot.loading import load_for_eval
@@ -70,7 +71,11 @@ def _value(text: str) -> Any:
 
 def run(models: list[Model], batch_sizes: list[int], limit: int, rounds: int, split: str,
         device: torch.device) -> list[dict[str, Any]]:
-    loaded = [(m, *load_for_eval(m.path, device)) for m in models]
+    try:
+        loaded = [(m, *load_for_eval(m.path, device)) for m in models]
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err} (models are LABEL=RUN[:key=value,...]; a label "
+                         "holds no '=')") from None
     task = get_task(loaded[0][2].data.task)
     try:
         examples, source = load_split(task, split, loaded[0][2].data.get(split))

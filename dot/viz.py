@@ -93,6 +93,8 @@ def chain_frames(record: dict[str, Any], tok: Tokenizer, multipass: bool) -> lis
     frames: list[Frame] = []
     done: list[Cell] = []  # finished thoughts of earlier passes
     for p, states in enumerate(passes, start=1):
+        # a step that revealed nothing (a skipped or reused call) shows no new frame
+        states = [st for k, st in enumerate(states) if k == 0 or st != states[k - 1]]
         prev = [tok.mask_id] * len(states[0])
         shown = [[tok.mask_id] * len(states[0])] + states  # step 0: nothing decided yet
         for step, state in enumerate(shown):

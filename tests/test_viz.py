@@ -28,6 +28,17 @@ def kinds(frame: Frame):
     return "".join(c.kind[0] for c in frame.cells)  # m(ask) n(ew) k(ept) d(one)
 
 
+def distinct_states(chain):
+    """States that differ from the one before: a step that revealed nothing draws no frame."""
+    return sum(1 for k, state in enumerate(chain) if k == 0 or state != chain[k - 1])
+
+
+def test_steps_that_change_nothing_draw_no_frame():
+    chain = [[M, M], [ids("4")[0], M], [ids("4")[0], M], [ids("4")[0], TOK.eos_id]]
+    frames = chain_frames(record(chain, "4"), TOK, multipass=False)
+    assert [frame_text(f, TOK) for f in frames] == ["__", "__", "4_", "4"]
+
+
 def test_single_pass_frames_mark_changes_and_end_at_prediction():
     # 4 positions: "4", "2", EOS, PAD; unmasked over three steps
     chain = [[M, M, M, M], [ids("4")[0], M, M, M],
@@ -95,7 +106,7 @@ def test_evaluated_chain_starts_masked_and_ends_at_the_prediction(real_record):
     _, recs = real_record
     for rec in recs:
         frames = chain_frames(rec, TOK, multipass=False)
-        assert len(frames) == len(rec["chain"]) + 1
+        assert len(frames) == distinct_states(rec["chain"]) + 1
         assert frames[0].cells and all(c.kind == "mask" for c in frames[0].cells)
         assert frame_text(frames[-1], TOK) == rec["prediction"]
         assert not any(c.kind == "mask" for c in frames[-1].cells)  # noise removal: no mask left
@@ -114,7 +125,7 @@ def test_gif_has_one_frame_per_state_and_holds_the_last(real_record, tmp_path):
     assert main(["chain", str(path), "--index", "1", "--out", str(out), "--fps", "10",
                  "--hold", "3"]) == 0
     im = Image.open(out)
-    assert im.n_frames == len(recs[1]["chain"]) + 1
+    assert im.n_frames == distinct_states(recs[1]["chain"]) + 1
     durations = []
     for k in range(im.n_frames):
         im.seek(k)
