@@ -187,8 +187,12 @@ class ConfidencePredictor(Predictor):
         rank_BL = priority_BL.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
         reveal_BL = masked_BL & (rank_BL < n_reveal_B[:, None])
         if self.commit.active:
-            reveal_BL |= masked_BL & self.commit.commits(confidence_BL, runner_up_BL)
+            reveal_BL |= masked_BL & self.committed(masked_BL, confidence_BL, runner_up_BL)
         return torch.where(reveal_BL, token_BL, x_BL)
+
+    def committed(self, masked_BL: Tensor, top1_BL: Tensor, top2_BL: Tensor) -> Tensor:
+        """Positions the parallel commit reveals on top of the schedule: every sure one."""
+        return self.commit.commits(top1_BL, top2_BL)
 
 
 class LeftToRightPredictor(ConfidencePredictor):
@@ -203,22 +207,10 @@ class LeftToRightPredictor(ConfidencePredictor):
         return -torch.arange(confidence_BL.shape[1], device=confidence_BL.device,
                              dtype=confidence_BL.dtype).expand_as(confidence_BL)
 
-    def next_ids(self, score_fn: ScoreFn, x_BL: Tensor, t_B: Tensor, dt: float) -> Tensor:
-        if not self.commit.active:
-            return super().next_ids(score_fn, x_BL, t_B, dt)
-        sigma_B = self.noise.total_noise(t_B)
-        stay_B = -torch.expm1(-self.noise.total_noise(t_B - dt)) / -torch.expm1(-sigma_B)
-        confidence_BL, runner_up_BL, token_BL = self.denoised(score_fn, x_BL, sigma_B)
-        masked_BL = x_BL == self.graph.dim - 1
-        n_masked_B = masked_BL.sum(1)
-        n_reveal_B = (n_masked_B - torch.round(n_masked_B * stay_B.clamp(0, 1)).long()).clamp(min=1)
-        rank_BL = masked_BL.long().cumsum(1) - 1  # reading order among the masked positions
-        unsure_BL = masked_BL & ~self.commit.commits(confidence_BL, runner_up_BL)
-        # the schedule's first positions (at least one), and every masked position with no
-        # unsure masked position at or before it
-        run_BL = unsure_BL.long().cumsum(1) == 0
-        reveal_BL = masked_BL & ((rank_BL < n_reveal_B[:, None]) | run_BL)
-        return torch.where(reveal_BL, token_BL, x_BL)
+    def committed(self, masked_BL: Tensor, top1_BL: Tensor, top2_BL: Tensor) -> Tensor:
+        """Every masked position with no unsure masked position at or before it."""
+        unsure_BL = masked_BL & ~self.commit.commits(top1_BL, top2_BL)
+        return unsure_BL.long().cumsum(1) == 0
 
 
 PREDICTORS: dict[str, type[Predictor]] = {"euler": EulerPredictor, "analytic": AnalyticPredictor,
