@@ -41,7 +41,10 @@ def evaluate(backbone: Backbone, task: Task, examples: list[Example], *, seq_len
              steps: int, out: str | Path | None = None, runs: int = 1, seed: int = 2024,
              multipass: bool = False, hidden_thought: bool = False, max_passes: int = 12,
              batch_size: int = 64, record_chain: bool = False, progress: bool = True,
-             source_name: str = "", **options: Any) -> dict[str, Any]:
+             source_name: str = "", notes: dict[str, Any] | None = None,
+             **options: Any) -> dict[str, Any]:
+    """Decode, score and (with `out`) write the records and the summary; `notes` are extra
+    summary keys (e.g. the trainer's `training_cut_short`)."""
     tok = backbone.tokenizer
     tokenized = [tokenize(e, task, tok, hidden_thought) for e in examples]
     golds = [task.gold_answer(e) for e in examples]
@@ -79,7 +82,8 @@ def evaluate(backbone: Backbone, task: Task, examples: list[Example], *, seq_len
     elapsed = time.perf_counter() - start
     summary = summarise(records, runs)
     summary.update(steps=steps, multipass=multipass, seconds=elapsed,
-                   examples_per_s=len(records) / elapsed, options=options, source=source_name)
+                   examples_per_s=len(records) / elapsed, options=options, source=source_name,
+                   **(notes or {}))
     if out is not None:
         out = Path(out)
         write_records(out.with_suffix(".jsonl"), records)

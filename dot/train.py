@@ -8,7 +8,6 @@ curve whatever the number of processes or accumulation steps.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import random
@@ -29,7 +28,6 @@ from dot.collate import collate
 from dot.data import load_split
 from dot.ema import EMA
 from dot.evaluate import evaluate, format_summary, result_name
-from dot.results import write_text_atomic
 from dot.examples import TokenizedExample, tokenize, training_pair
 from dot.rng import RowRandom, seed_key
 from dot.tasks import Example, Task, get_task
@@ -358,13 +356,8 @@ class Trainer:
         examples = self.test[:n] if n else self.test
         name = result_name("test", self.cfg.sampling.steps, self.cfg.data.multipass,
                            first=len(examples) if len(examples) < len(self.test) else None)
-        out = self.run_dir / "eval" / name
-        summary = self.decode(examples, out, progress=True)
-        if self.cut_short:
-            summary["training_cut_short"] = self.cut_short
-            write_text_atomic(out.with_suffix(".summary.json"),
-                              json.dumps({k: v for k, v in summary.items() if k != "results"},
-                                         indent=2) + "\n")
+        summary = self.decode(examples, self.run_dir / "eval" / name, progress=True,
+                              notes={"training_cut_short": self.cut_short} if self.cut_short else None)
         self.info(f"final evaluation on {len(examples)} test examples ({self.test_source}):\n"
                   + format_summary(summary)
                   + (f"\nWARNING: training was cut short at step {self.step} of "
