@@ -132,7 +132,9 @@ def diffusion_loss(plaid: Plaid, x: Tensor, attn_mask: Tensor, src_mask: Tensor,
         s = torch.full((B,), opts.selfcond, device=device)
         bias_scale = 1.0
     recon = rows < r
-    t = torch.where(recon, 0.0, (rows - r + u).double() / max(Bg - r, 1))
+    # float64 from the start, as the official code (float64 default dtype): `rows - r + u` on an
+    # int tensor would round to float32 first (up to 3e-8 off) before the division.
+    t = torch.where(recon, 0.0, ((rows - r).double() + u) / max(Bg - r, 1))
 
     def frozen_if_selfcond(v: Tensor) -> Tensor:
         return torch.where(s.view(-1, *[1] * (v.dim() - 1)), v.detach(), v)
@@ -168,9 +170,11 @@ def diffusion_loss(plaid: Plaid, x: Tensor, attn_mask: Tensor, src_mask: Tensor,
     if s.any():
         with torch.no_grad():
             fix_s = {k: v[s] for k, v in fix.items()}
-            _, x_selfcond[s] = plaid.model(z[s], gamma[s].float(), embedding, bias_scale,
+            _, x_selfcond[s] = plaid.model(z[s], gamma[s], embedding, bias_scale,
                                            torch.zeros_like(z[s]), **fix_s)
-    logits, x_hat = plaid.model(z, gamma.float(), embedding, bias_scale, x_selfcond,
+    # γ reaches the network in float64 (it derives α, σ and its noise features from it, as the
+    # official float64 code does); the activations stay float32.
+    logits, x_hat = plaid.model(z, gamma, embedding, bias_scale, x_selfcond,
                                 selfcond_mask=s.float(), **fix)
 
     # 5. per-term losses: means over all positions for the loss, over target tokens for the nll

@@ -156,7 +156,7 @@ class NetworkDenoiser:
     def __call__(self, z: Tensor, gamma: Tensor) -> Tensor:
         B = z.shape[0]
         fix = self.src_mask is not None
-        logits, x_hat = self.network(z.float(), gamma.float().expand(B), self.embedding, 1.0,
+        logits, x_hat = self.network(z.float(), gamma.expand(B), self.embedding, 1.0,
                                      self.x_selfcond, None, self.x_embed if fix else None,
                                      self.src_mask)
         self.x_selfcond = x_hat

@@ -116,6 +116,29 @@ def test_terms_match_an_independent_computation():
                                rtol=1e-5, atol=1e-7)
 
 
+def test_network_gets_float64_gamma_of_the_float64_time_grid():
+    """Issue 17: the time grid and γ fed to the network stay float64, as in the official code
+    (float64 default dtype); rounding either through float32 moves γ by up to 4e-7."""
+    plaid = tiny_plaid()
+    plaid.reconst_ema.copy_(ema_for(3 / 8))  # r = 3
+    seen = []
+    network = plaid.model.forward
+    plaid.model.forward = lambda z, gamma, *a, **k: seen.append(gamma.detach()) or network(z, gamma, *a, **k)
+    rows = torch.arange(8)
+    run(plaid, rows, LossOptions())
+    rng = RowRandom(SEED, STEP, rows)
+    u = torch.rand((), generator=rng.step_generator, dtype=torch.float64).item()
+    r, n = 3, 5
+    t = torch.tensor([0.0] * r + [(i + u) / n for i in range(n)], dtype=torch.float64)  # Python floats
+    with torch.no_grad():
+        expected = plaid.gamma(t)
+    main = seen[-1]  # the pass with gradients comes after the self-conditioning pass
+    assert main.dtype == torch.float64 and seen[0].dtype == torch.float64
+    assert (main - expected).abs().max().item() < 1e-12
+    rounded = plaid.gamma(t.float().double()).detach()  # what a float32 grid would have given
+    assert (rounded - expected).abs().max().item() > 1e-10  # so the check above can fail
+
+
 def test_chunks_sum_to_the_global_objective():
     opts = LossOptions()
     grads = []
