@@ -6,9 +6,11 @@
     python evaluation_batch.py --weights_path RUN --per_thought --limit 200  # DoT-MP, per pass
     python evaluation_batch.py --weights_path plaid1b_weights --dataset gsm8k --fix_src --digit \\
         --dpm_solver --sampling_timesteps 8                       # official Plaid weights
+    torchrun --nproc_per_node 8 evaluation_batch.py --weights_path RUN   # batches over 8 GPUs
 
 Writes `<run>/eval/<name>.jsonl` (one record per example and run) and `<name>.summary.json`,
-and prints accuracy, SC@k, network evaluations and examples/s.
+and prints accuracy, SC@k, network evaluations and examples/s. Under torchrun every process
+decodes its share of the batches and process 0 writes the files one process would write.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from dot import distributed
 from dot.checkpoint import CheckpointError, latest_run
 from dot.data import load_split
 from dot.evaluate import evaluate, format_summary, result_name
@@ -104,8 +107,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
+    ctx = distributed.setup(args.device)
+    try:
+        return run(args, ctx.device, ctx.is_main)
+    finally:
+        distributed.teardown()
+
+
+def run(args: argparse.Namespace, device: torch.device, is_main: bool) -> int:
+    """Evaluate as `args` say; only the main process prints and writes."""
+    def print_main(*a, **k) -> None:
+        if is_main:
+            print(*a, **k)
+
     options = {k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k) is not None}
     if args.dpm_solver:
         options["predictor"] = "dpm_solver"
@@ -116,15 +130,16 @@ def main(argv: list[str] | None = None) -> int:
         backbone, cfg = load_for_eval(weights, device, digit=args.digit, dataset=args.dataset,
                                       tokenizer=args.tokenizer)
     except (CheckpointError, FileNotFoundError, ValueError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print_main(f"error: {err}", file=sys.stderr)
         return 2
     unknown = sorted(set(options) - backbone.sample_options)
     if args.fix_src and backbone.name != "plaid":
         unknown.append("fix_src")
     if unknown:
-        print(f"error: --{', --'.join(unknown)} does not apply to the {backbone.name} backbone "
-              f"(it accepts: {', '.join('--' + o for o in sorted(backbone.sample_options)) or 'none'})",
-              file=sys.stderr)
+        print_main(f"error: --{', --'.join(unknown)} does not apply to the {backbone.name} "
+                   f"backbone (it accepts: "
+                   f"{', '.join('--' + o for o in sorted(backbone.sample_options)) or 'none'})",
+                   file=sys.stderr)
         return 2
 
     task = get_task(args.dataset or cfg.data.task)
@@ -142,20 +157,24 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output) if args.output else Path(weights) / "eval" / name
     if not Path(weights).is_dir() and not args.output:
         out = Path("generated_output") / task.name / name
-    print(f"{backbone.name} from {weights}; {len(examples)} examples from {source}; T={steps}")
+    print_main(f"{backbone.name} from {weights}; {len(examples)} examples from {source}; T={steps}")
     if args.per_thought:
+        if distributed.is_initialized():
+            print_main("error: --per_thought runs in one process (start it without torchrun)",
+                       file=sys.stderr)
+            return 2
         if not multipass:
-            print("error: --per_thought decodes DoT-MP passes; this model is single-pass "
-                  "(data.multipass=false; add --cot to force it)", file=sys.stderr)
+            print_main("error: --per_thought decodes DoT-MP passes; this model is single-pass "
+                       "(data.multipass=false; add --cot to force it)", file=sys.stderr)
             return 2
         generator = torch.Generator(device=device).manual_seed(args.seed)
         rows = per_thought_accuracy(backbone, task, examples, seq_len=args.seq_len or cfg.seq_len,
                                     steps=steps, generator=generator,
                                     batch_size=args.batch_size, **options)
-        print(format_per_thought(rows))
+        print_main(format_per_thought(rows))
         path = write_per_thought(out.with_name(out.name + "-per_thought.json"), rows,
                                  source=source, steps=steps)
-        print(f"results: {path}")
+        print_main(f"results: {path}")
         return 0
     try:  # a sampler setting the backbone refuses (a bad --threshold...) is one line too
         summary = evaluate(backbone, task, examples, seq_len=args.seq_len or cfg.seq_len,
@@ -163,14 +182,17 @@ def main(argv: list[str] | None = None) -> int:
                            multipass=multipass, hidden_thought=cfg.data.get("hidden_thought", False),
                            max_passes=args.cot_steps or cfg.eval.get("cot_steps", 12),
                            batch_size=args.batch_size, record_chain=args.save_chain,
-                           progress=not args.no_progress, source_name=source, **options)
+                           progress=not args.no_progress, source_name=source, shard=True,
+                           **options)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print_main(f"error: {err}", file=sys.stderr)
         return 2
-    print(format_summary(summary))
-    print(f"results: {summary['results']}")
+    print_main(format_summary(summary))
+    print_main(f"results: {summary['results']}")
+    if not is_main:
+        return 0
     from dot.plots import eval_figures  # matplotlib only once the decoding is done
-    print("figures: " + ", ".join(str(f) for f in eval_figures(out.parent)))
+    print_main("figures: " + ", ".join(str(f) for f in eval_figures(out.parent)))
     return 0
 
 

@@ -101,6 +101,13 @@ class Backbone(abc.ABC):
         return [{"params": [p for p in self.model.parameters() if p.requires_grad],
                  "lr": self.cfg.optim.lr, "weight_decay": self.cfg.optim.weight_decay}]
 
+    def shard_units(self) -> list[nn.Module]:
+        """The modules that FSDP shards (and activation checkpointing wraps) one at a time; by
+        default every transformer block: the items of each `nn.ModuleList` named `blocks`."""
+        return [block for name, m in self.model.named_modules()
+                if name.rsplit(".", 1)[-1] == "blocks" and isinstance(m, nn.ModuleList)
+                for block in m]
+
     @abc.abstractmethod
     def loss(self, batch: Batch, rng: RowRandom) -> tuple[Tensor, dict[str, float]]:
         """Training loss of a micro-batch (a scalar to backpropagate) and metrics to log.

@@ -2,7 +2,10 @@
 
 Writes `<out>.jsonl` (one record per example and run, see `dot.results`) and
 `<out>.summary.json` (accuracy per run, SC@k, network evaluations, examples/s), and returns
-the summary. Run r is seeded with `seed + r`, so runs are reproducible and independent.
+the summary. Batch b of run r draws its noise from `seed_key(seed + r, b)`, so runs are
+reproducible and independent, and a batch decodes the same whichever process decodes it: under
+torchrun the batches are dealt round-robin over the processes (data-parallel evaluation) and
+process 0 writes the same records, in the same order, as one process would.
 """
 from __future__ import annotations
 
@@ -16,10 +19,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from dot import distributed
 from dot.backbone import Backbone
 from dot.decoding import generate
 from dot.examples import tokenize
 from dot.results import write_records, write_text_atomic
+from dot.rng import seed_key
 from dot.scoring import sc_table, token_accuracy
 from dot.tasks import Example, Task
 
@@ -41,44 +46,54 @@ def evaluate(backbone: Backbone, task: Task, examples: list[Example], *, seq_len
              steps: int, out: str | Path | None = None, runs: int = 1, seed: int = 2024,
              multipass: bool = False, hidden_thought: bool = False, max_passes: int = 12,
              batch_size: int = 64, record_chain: bool = False, progress: bool = True,
-             source_name: str = "", notes: dict[str, Any] | None = None,
+             source_name: str = "", notes: dict[str, Any] | None = None, shard: bool = False,
              **options: Any) -> dict[str, Any]:
     """Decode, score and (with `out`) write the records and the summary; `notes` are extra
-    summary keys (e.g. the trainer's `training_cut_short`)."""
+    summary keys (e.g. the trainer's `training_cut_short`).
+
+    `shard=True` (under torchrun) splits the batches over the processes; every process returns
+    the summary of all of them and process 0 writes the files.
+    """
     tok = backbone.tokenizer
     tokenized = [tokenize(e, task, tok, hidden_thought) for e in examples]
     golds = [task.gold_answer(e) for e in examples]
-    records: list[dict[str, Any]] = []
     backbone.model.eval()
+    rank, world = distributed.rank_and_world() if shard else (0, 1)
+    jobs = [(run, b, lo) for run in range(runs)
+            for b, lo in enumerate(range(0, len(examples), batch_size))][rank::world]
     start = time.perf_counter()
-    bar = tqdm(total=runs * len(examples), desc=f"decode T={steps}", disable=not progress,
-               unit="ex", mininterval=0.5 if sys.stderr.isatty() else 30)
-    for run in range(runs):
-        generator = torch.Generator(device=next(backbone.model.parameters()).device)
-        generator.manual_seed(seed + run)
-        for lo in range(0, len(examples), batch_size):
-            batch = range(lo, min(lo + batch_size, len(examples)))
-            gens = generate(backbone, task, [list(tokenized[i].prompt) for i in batch],
-                            seq_len=seq_len, steps=steps, generator=generator,
-                            multipass=multipass, max_passes=max_passes,
-                            record_chain=record_chain,
-                            names=[f"{source_name or task.name} example {examples[i].task_id}"
-                                   for i in batch], **options)
-            for i, g in zip(batch, gens):
-                text = tok.decode(g.ids)
-                answer = task.extract_answer(text)
-                rec = dict(task=task.name, task_id=examples[i].task_id, run=run,
-                           question=examples[i].source, gold=golds[i], prediction=text,
-                           answer=answer, correct=answer == golds[i], nfe=g.nfe,
-                           seconds=round(g.seconds, 6), token_acc=token_accuracy(g.ids, tokenized[i].target),
-                           passes=len(g.thoughts), stop=g.stop_reason, steps=steps)
-                if record_chain:
-                    rec["chain"] = g.chain
-                records.append(rec)
-            bar.update(len(batch))
-            bar.set_postfix(acc=f"{sum(r['correct'] for r in records) / len(records):.3f}",
-                            refresh=False)
+    bar = tqdm(total=sum(min(batch_size, len(examples) - lo) for _, _, lo in jobs),
+               desc=f"decode T={steps}" + (f" (process {rank} of {world})" if world > 1 else ""),
+               disable=not progress or rank > 0, unit="ex",
+               mininterval=0.5 if sys.stderr.isatty() else 30)
+    generator = torch.Generator(device=next(backbone.model.parameters()).device)
+    decoded: list[tuple[int, int, dict[str, Any]]] = []  # (run, example index, record)
+    for run, b, lo in jobs:
+        generator.manual_seed(seed_key(seed + run, b))
+        batch = range(lo, min(lo + batch_size, len(examples)))
+        gens = generate(backbone, task, [list(tokenized[i].prompt) for i in batch],
+                        seq_len=seq_len, steps=steps, generator=generator,
+                        multipass=multipass, max_passes=max_passes, record_chain=record_chain,
+                        names=[f"{source_name or task.name} example {examples[i].task_id}"
+                               for i in batch], **options)
+        for i, g in zip(batch, gens):
+            text = tok.decode(g.ids)
+            answer = task.extract_answer(text)
+            rec = dict(task=task.name, task_id=examples[i].task_id, run=run,
+                       question=examples[i].source, gold=golds[i], prediction=text,
+                       answer=answer, correct=answer == golds[i], nfe=g.nfe,
+                       seconds=round(g.seconds, 6), token_acc=token_accuracy(g.ids, tokenized[i].target),
+                       passes=len(g.thoughts), stop=g.stop_reason, steps=steps)
+            if record_chain:
+                rec["chain"] = g.chain
+            decoded.append((run, i, rec))
+        bar.update(len(batch))
+        bar.set_postfix(acc=f"{sum(r['correct'] for _, _, r in decoded) / len(decoded):.3f}",
+                        refresh=False)
     bar.close()
+    if world > 1:
+        decoded = [d for part in distributed.gather_objects(decoded) for d in part]
+    records = [rec for _, _, rec in sorted(decoded, key=lambda d: d[:2])]
     elapsed = time.perf_counter() - start
     summary = summarise(records, runs)
     summary.update(steps=steps, multipass=multipass, seconds=elapsed,
@@ -86,9 +101,12 @@ def evaluate(backbone: Backbone, task: Task, examples: list[Example], *, seq_len
                    **(notes or {}))
     if out is not None:
         out = Path(out)
-        write_records(out.with_suffix(".jsonl"), records)
-        write_text_atomic(out.with_suffix(".summary.json"), json.dumps(summary, indent=2) + "\n")
         summary["results"] = str(out.with_suffix(".jsonl"))
+    if out is not None and rank == 0:
+        write_records(out.with_suffix(".jsonl"), records)
+        write_text_atomic(out.with_suffix(".summary.json"),
+                          json.dumps({k: v for k, v in summary.items() if k != "results"},
+                                     indent=2) + "\n")
     return summary
 
 

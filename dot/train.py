@@ -13,9 +13,9 @@ import math
 import random
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -66,9 +66,9 @@ class GradClipper:
         self.max_norm, self.quantile = max_norm, quantile
         self.norms = torch.full((1000,), 1e8)
 
-    def __call__(self, params: list[torch.Tensor], step: int) -> float:
+    def __call__(self, params: list[torch.Tensor], step: int, norm: torch.Tensor) -> float:
+        """Clip the gradients of `params`, whose global norm is `norm` (`Engine.grad_norm`)."""
         grads = [p.grad for p in params if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
         limit = (torch.quantile(self.norms, self.quantile).item() if self.quantile
                  else self.max_norm)
         if self.quantile:
@@ -94,6 +94,7 @@ class Trainer:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.ctx = distributed.setup(cfg.device)
         tcfg = cfg.training
+        strategy = distributed.resolve_strategy(tcfg.strategy, self.ctx.world_size)
         chunks = self.ctx.world_size * tcfg.accum
         if tcfg.batch_size % chunks:
             raise ValueError(f"training.batch_size={tcfg.batch_size} must be divisible by "
@@ -118,17 +119,21 @@ class Trainer:
 
         self.backbone: Backbone = backbone_class(cfg.backbone.name).from_config(cfg, self.tokenizer)
         self.model = self.backbone.model.to(self.ctx.device)
-        groups = self.backbone.param_groups()
+        self.engine = distributed.Engine(strategy, self.ctx, self.model, self.backbone.loss,
+                                         self.backbone.eval_loss, self.backbone.shard_units(),
+                                         tcfg.activation_checkpointing)
+        groups = self.backbone.param_groups()  # after sharding, which replaces the parameters
         for g in groups:
             g["base_lr"] = g["lr"]
         self.params = [p for g in groups for p in g["params"]]
-        self.optimizer = torch.optim.AdamW(groups, betas=(cfg.optim.beta1, cfg.optim.beta2),
-                                           eps=cfg.optim.eps)
+        self.optimizer = self.engine.optimizer(groups, betas=(cfg.optim.beta1, cfg.optim.beta2),
+                                               eps=cfg.optim.eps)
         self.ema = EMA(self.model, tcfg.ema, tcfg.ema_warmup) if tcfg.ema > 0 else None
         self.clipper = GradClipper(cfg.optim.grad_clip, cfg.optim.clip_quantile)
         n_params = sum(p.numel() for p in self.model.parameters())
         self.info(f"backbone {cfg.backbone.name}: {n_params / 1e6:.2f}M parameters on "
-                  f"{self.ctx.device}, {self.ctx.world_size} process(es), micro-batch {self.micro}")
+                  f"{self.ctx.device}, {self.ctx.world_size} process(es) (strategy {strategy}), "
+                  f"micro-batch {self.micro}")
         self.step = 0
         self.train_seconds = 0.0  # wall time of run() over every invocation (resumes included)
         self.time_used = 0.0  # share of training.max_minutes spent, as the lr schedule sees it
@@ -176,17 +181,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
+        """The one-process checkpoint layout; collective under zero and fsdp."""
         return {"format": FORMAT, "backbone": self.cfg.backbone.name, "step": self.step,
                 "seq_len": self.seq_len,
-                "model": self.model.state_dict(),
-                "ema": self.ema.state_dict() if self.ema else None,
-                "optimizer": self.optimizer.state_dict(), "clip_norms": self.clipper.norms,
-                "train_seconds": self.train_seconds}
+                "model": self.engine.full(self.model.state_dict()),
+                "ema": self.engine.full(self.ema.state_dict()) if self.ema else None,
+                "optimizer": self.engine.optimizer_state(self.optimizer),
+                "clip_norms": self.clipper.norms, "train_seconds": self.train_seconds}
 
     def save(self, snapshot: bool = False) -> None:
+        """Every process calls it (gathering shards is collective); process 0 writes."""
+        state = self._state()
         if not self.ctx.is_main:
             return
-        state = self._state()
         save_atomic(state, self.run_dir / META)
         if snapshot:
             save_atomic(state, self.run_dir / "checkpoints" / f"checkpoint_{self.step}.pth")
@@ -199,10 +206,11 @@ class Trainer:
         if state.get("backbone") != self.cfg.backbone.name:
             raise ValueError(f"{path} holds a {state.get('backbone')!r} run but the config asks for "
                              f"backbone={self.cfg.backbone.name}; use a new run folder")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.model.load_state_dict(self.engine.localize(state["model"], self.model.state_dict()))
+        self.engine.load_optimizer_state(self.optimizer, state["optimizer"], self.params)
         if self.ema and state["ema"]:
-            self.ema.load_state_dict(state["ema"])
+            shadow = self.engine.localize(state["ema"]["shadow_params"], self.ema.shadow)
+            self.ema.load_state_dict(dict(state["ema"], shadow_params=shadow))
         self.clipper.norms = state["clip_norms"].cpu()
         self.step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
@@ -216,23 +224,25 @@ class Trainer:
         self.model.train()
         total = torch.zeros((), device=self.ctx.device)
         metrics: dict[str, float] = {}
-        for a in range(self.cfg.training.accum):
+        accum = self.cfg.training.accum
+        for a in range(accum):
             batch = self.make_batch(self.step, a * self.ctx.world_size + self.ctx.rank,
                                     self.train_tok, indices)
             rng = RowRandom(self.cfg.seed, self.step, batch.rows, self.ctx.device)
-            with self._autocast():
-                loss, m = self.backbone.loss(batch, rng)
-            loss.backward()
+            with self.engine.accumulating(last=a == accum - 1):
+                with self._autocast():
+                    loss, m = self.engine.module(batch, rng)
+                loss.backward()
             total += loss.detach()
             for k, v in m.items():
-                metrics[k] = metrics.get(k, 0.0) + float(v) / self.cfg.training.accum
-        distributed.sync_gradients(self.model)
+                metrics[k] = metrics.get(k, 0.0) + float(v) / accum
+        self.engine.finish_backward()
         names = sorted(metrics)
         values = torch.tensor([metrics[k] for k in names] + [total.item()], dtype=torch.float64)
         distributed.all_reduce_sum_([values])  # metrics: mean over processes; loss: sum
         metrics = {k: v / self.ctx.world_size for k, v in zip(names, values.tolist())}
         total = values[-1]
-        grad_norm = self.clipper(self.params, self.step)
+        grad_norm = self.clipper(self.params, self.step, self.engine.grad_norm(self.params))
         time_used = self.time_used if self.cfg.optim.get("decay_over_budget", True) else 0.0
         factor = lr_factor(self.step, self.cfg.optim, self.cfg.training.n_iters, time_used)
         for g in self.optimizer.param_groups:
@@ -260,8 +270,9 @@ class Trainer:
                     batch = self.make_batch(step, a * self.ctx.world_size + self.ctx.rank,
                                             self.valid_tok, indices)
                     with self._autocast():
-                        loss, _ = self.backbone.eval_loss(
-                            batch, RowRandom(self.cfg.seed, step, batch.rows, self.ctx.device))
+                        loss, _ = self.engine.module(
+                            batch, RowRandom(self.cfg.seed, step, batch.rows, self.ctx.device),
+                            train=False)
                     total += loss.item()
         t = torch.tensor([total], device=self.ctx.device)
         distributed.all_reduce_sum_([t])
@@ -270,12 +281,38 @@ class Trainer:
     def _weights(self):
         return self.ema.applied(self.model) if self.ema else nullcontext()
 
-    def decode(self, examples: list[Example], out: Path | None, progress: bool = False,
-               **kwargs: Any) -> dict[str, Any]:
-        """Decode examples with the EMA weights and the configured sampler."""
-        scfg, ecfg = self.cfg.sampling, self.cfg.eval
+    @contextmanager
+    def _decoding_backbone(self) -> Iterator[Backbone | None]:
+        """The backbone to decode with, EMA weights applied, on process 0 (None elsewhere).
+
+        Sampling calls sub-modules directly, so under fsdp it runs on an unsharded copy.
+        """
+        if not self.engine.sharded:
+            with self._weights():
+                yield self.backbone if self.ctx.is_main else None
+            return
         with self._weights():
-            return evaluate(self.backbone, self.task, examples, seq_len=self.seq_len,
+            state = self.engine.full(self.model.state_dict())  # collective
+        if not self.ctx.is_main:
+            yield None
+            return
+        copy = backbone_class(self.cfg.backbone.name).from_config(self.cfg, self.tokenizer)
+        copy.model.load_state_dict(state)
+        copy.model.to(self.ctx.device)
+        yield copy
+
+    def decode(self, examples: list[Example], out: Path | None, progress: bool = False,
+               **kwargs: Any) -> dict[str, Any] | None:
+        """Decode examples with the EMA weights and the configured sampler on process 0.
+
+        Every process calls it (under fsdp gathering the weights is collective); the others
+        get None.
+        """
+        scfg, ecfg = self.cfg.sampling, self.cfg.eval
+        with self._decoding_backbone() as backbone:
+            if backbone is None:
+                return None
+            return evaluate(backbone, self.task, examples, seq_len=self.seq_len,
                             steps=kwargs.pop("steps", scfg.steps), out=out,
                             multipass=self.cfg.data.multipass,
                             hidden_thought=self.cfg.data.hidden_thought,
@@ -343,21 +380,21 @@ class Trainer:
 
     def periodic_eval(self) -> dict[str, float]:
         out: dict[str, float] = {"eval_loss": self.eval_loss()}
-        if self.ctx.is_main:
-            n = self.cfg.eval.get("valid_examples", 100) or len(self.valid)
-            s = self.decode(self.valid[:n], self.run_dir / "samples" / f"step_{self.step}")
+        n = self.cfg.eval.get("valid_examples", 100) or len(self.valid)
+        s = self.decode(self.valid[:n], self.run_dir / "samples" / f"step_{self.step}")
+        if s is not None:
             out.update(valid_acc=s["accuracy"], valid_token_acc=s["token_acc"])
         return out
 
     def final_eval(self) -> dict[str, Any] | None:
-        if not self.ctx.is_main:
-            return None
         n = self.cfg.eval.n_examples
         examples = self.test[:n] if n else self.test
         name = result_name("test", self.cfg.sampling.steps, self.cfg.data.multipass,
                            first=len(examples) if len(examples) < len(self.test) else None)
         summary = self.decode(examples, self.run_dir / "eval" / name, progress=True,
                               notes={"training_cut_short": self.cut_short} if self.cut_short else None)
+        if summary is None:
+            return None
         self.info(f"final evaluation on {len(examples)} test examples ({self.test_source}):\n"
                   + format_summary(summary)
                   + (f"\nWARNING: training was cut short at step {self.step} of "

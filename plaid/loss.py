@@ -89,9 +89,7 @@ def scheduled_sampling_tokens(plaid: Plaid, x: Tensor, src_mask: Tensor, t: Tens
     gold_prob = (1 - opts.min_prob) * (opts.total_steps - step) / opts.total_steps + opts.min_prob
     ratio = rng.rand().to(x.device)
     togo = torch.ceil(opts.ss_steps * t).long() - 1
-    chosen = (ratio > gold_prob) & (togo > 0)
-    if not chosen.any():
-        return x
+    chosen = (ratio > gold_prob) & (togo > 0)  # runs even if empty: see `diffusion_loss` step 4
     L, D = x.shape[1], embedding.shape[1]
     src = src_mask[chosen]
     denoiser = NetworkDenoiser(plaid.model, embedding, embedding[x[chosen]],
@@ -166,12 +164,13 @@ def diffusion_loss(plaid: Plaid, x: Tensor, attn_mask: Tensor, src_mask: Tensor,
 
     # 4. self-conditioning pass (no grad) on s rows, then the main pass
     fix = dict(x_embed=x_embed, src_mask=src_mask) if opts.fix_src else {}
+    # Both passes run on every process even when s selects no row here: FSDP gathers the
+    # weights at every forward, so all processes must make the same network calls.
     x_selfcond = torch.zeros_like(z)
-    if s.any():
-        with torch.no_grad():
-            fix_s = {k: v[s] for k, v in fix.items()}
-            _, x_selfcond[s] = plaid.model(z[s], gamma[s], embedding, bias_scale,
-                                           torch.zeros_like(z[s]), **fix_s)
+    with torch.no_grad():
+        fix_s = {k: v[s] for k, v in fix.items()}
+        _, x_selfcond[s] = plaid.model(z[s], gamma[s], embedding, bias_scale,
+                                       torch.zeros_like(z[s]), **fix_s)
     # γ reaches the network in float64 (it derives α, σ and its noise features from it, as the
     # official float64 code does); the activations stay float32.
     logits, x_hat = plaid.model(z, gamma, embedding, bias_scale, x_selfcond,

@@ -2,16 +2,11 @@
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import ROOT
 from dot.config import compose_config
 from dot.ema import EMA
 from dot.train import GradClipper, Trainer, lr_factor
@@ -60,12 +55,12 @@ def test_time_budget_spans_resumes(tmp_path):
 def test_grad_clipper_fixed_and_quantile():
     p = torch.nn.Parameter(torch.zeros(4))
     p.grad = torch.tensor([3.0, 4.0, 0.0, 0.0])
-    assert GradClipper(1.0, None)([p], 1) == pytest.approx(5.0)
+    assert GradClipper(1.0, None)([p], 1, torch.tensor(5.0)) == pytest.approx(5.0)
     assert torch.linalg.vector_norm(p.grad).item() == pytest.approx(1.0, rel=1e-5)
     clip = GradClipper(None, 0.95)
     clip.norms[:] = torch.arange(1000, dtype=torch.float)  # quantile 0.95 -> 949.05
     p.grad = torch.tensor([2000.0, 0, 0, 0])
-    clip([p], 7)
+    clip([p], 7, torch.tensor(2000.0))
     assert p.grad[0].item() == pytest.approx(949.05, rel=1e-4) and clip.norms[7] == 2000.0
 
 
@@ -112,26 +107,3 @@ def test_resume_continues_with_identical_losses(tmp_path, backbone):
     assert len(set(losses)) > 1  # the losses really change from step to step
 
 
-def _losses(run_dir: Path) -> list[float]:
-    with open(run_dir / "logs" / "metrics.csv") as f:
-        return [float(r["loss"]) for r in csv.DictReader(f)]
-
-
-def test_two_processes_match_one_process(tmp_path):
-    """torchrun with 2 CPU processes (gloo) gives the loss curve of one process."""
-    backbone = "sedd" if "sedd" in _available_backbones() else "ar"
-    args = [f"backbone={backbone}", *TINY, "training.n_iters=4", "eval.n_examples=2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = tmp_path / "one"
-    subprocess.run([sys.executable, "finetune.py", *args, f"hydra.run.dir={one}"], cwd=ROOT,
-                   check=True, env=env, capture_output=True)
-    two = tmp_path / "two"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--master_port", "29517"]
-    proc = subprocess.run([*torchrun, "finetune.py", *args, f"hydra.run.dir={two}"], cwd=ROOT,
-                          env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert _losses(two) == pytest.approx(_losses(one), rel=1e-5)
-    assert len(_losses(one)) == 4
-    for run in (one, two):  # a finished run draws its figures
-        assert (run / "loss.png").is_file() and (run / "eval" / "accuracy_vs_T.png").is_file()
