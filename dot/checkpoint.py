@@ -2,7 +2,8 @@
 
 A run folder (`exp_local/<task>/<date>/<time>/`) holds `.hydra/config.yaml`,
 `checkpoints-meta/checkpoint.pth` (latest state, rewritten for resuming),
-`checkpoints/checkpoint_<step>.pth` (kept snapshots), `samples/`, `logs/` and `eval/`.
+`checkpoints/checkpoint_<step>.pth` (kept snapshots), `samples/`, `logs/` and `eval/`; a
+sharded checkpoint (`dot.sharded`) has its shard folder beside the file.
 Checkpoints are dicts `{"format": "dot-run-v1", "backbone", "step", "seq_len", "model", "ema",
 "optimizer", "clip_norms"}` written atomically (temporary file, then rename) and read with
 `weights_only=True`, since a checkpoint is untrusted input.
@@ -37,15 +38,22 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                    rank_of: tuple[int, int] | None = None) -> dict[str, Any]:
+    """A checkpoint file; a sharded one (`dot.sharded`) comes back with full tensors, or with
+    this process's shards when `rank_of` = (rank, world size) matches its writers."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found")
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # corrupt file or unsafe pickle
         raise CheckpointError(f"cannot read checkpoint {path}: {err}; the file is damaged or "
                               "not a torch checkpoint") from err
+    if isinstance(state, dict) and "shards" in state:
+        from dot.sharded import resolve
+        return resolve(state, path, device, rank_of)
+    return state
 
 
 def is_run_dir(path: Path) -> bool:

@@ -28,6 +28,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from dot.sharded import LocalShard
+
 STRATEGIES = ("auto", "none", "ddp", "zero", "fsdp")
 
 
@@ -145,13 +147,17 @@ def full_tensors(obj: Any) -> Any:
     return obj
 
 
-def shaped_like(full: Tensor, ref: Tensor) -> Tensor:
-    """`full` placed as `ref` is: the same shard of the same mesh for a DTensor `ref`."""
+def shaped_like(value: Tensor | LocalShard, ref: Tensor) -> Tensor:
+    """A full tensor (or this process's `LocalShard` of one) placed as `ref` is: the same
+    shard of the same mesh for a DTensor `ref`."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
+    if isinstance(value, LocalShard):
+        return DTensor.from_local(value.tensor.to(ref.device, ref.dtype), ref.device_mesh,
+                                  ref.placements, shape=ref.shape, stride=ref.stride())
     if isinstance(ref, DTensor):
-        return distribute_tensor(full.to(ref.device, ref.dtype), ref.device_mesh, ref.placements)
-    return full.to(ref.device)
+        return distribute_tensor(value.to(ref.device, ref.dtype), ref.device_mesh, ref.placements)
+    return value.to(ref.device)
 
 
 class Engine:
@@ -265,8 +271,10 @@ class Engine:
     def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any],
                              params: list[Tensor]) -> None:
         if self.sharded:  # per-parameter moments become shards of their parameter
+            def moment(v: Any, p: Tensor) -> bool:
+                return isinstance(v, LocalShard) or isinstance(v, Tensor) and v.shape == p.shape
             state = dict(state, state={
-                i: {k: shaped_like(v, params[int(i)]) if isinstance(v, Tensor)
-                    and v.shape == params[int(i)].shape else v for k, v in s.items()}
+                i: {k: shaped_like(v, params[int(i)]) if moment(v, params[int(i)]) else v
+                    for k, v in s.items()}
                 for i, s in state["state"].items()})
         optimizer.load_state_dict(state)

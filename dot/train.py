@@ -30,6 +30,7 @@ from dot.ema import EMA
 from dot.evaluate import evaluate, format_summary, result_name
 from dot.examples import TokenizedExample, tokenize, training_pair
 from dot.rng import RowRandom, seed_key
+from dot.sharded import save_sharded
 from dot.tasks import Example, Task, get_task
 from dot.tokenization import load_tokenizer
 
@@ -95,6 +96,14 @@ class Trainer:
         self.ctx = distributed.setup(cfg.device)
         tcfg = cfg.training
         strategy = distributed.resolve_strategy(tcfg.strategy, self.ctx.world_size)
+        if tcfg.checkpoint_format not in ("full", "sharded"):
+            raise ValueError(f"training.checkpoint_format={tcfg.checkpoint_format!r}: use full "
+                             "or sharded")
+        self.sharded_checkpoints = tcfg.checkpoint_format == "sharded"
+        if self.sharded_checkpoints and strategy != "fsdp":
+            raise ValueError("training.checkpoint_format=sharded needs training.strategy=fsdp "
+                             f"with several processes (here: {strategy}, {self.ctx.world_size} "
+                             "process(es)); use checkpoint_format=full")
         chunks = self.ctx.world_size * tcfg.accum
         if tcfg.batch_size % chunks:
             raise ValueError(f"training.batch_size={tcfg.batch_size} must be divisible by "
@@ -181,28 +190,34 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
-        """The one-process checkpoint layout; collective under zero and fsdp."""
+        """The one-process checkpoint layout (collective under zero and fsdp); with sharded
+        checkpoints the fsdp tensors stay shards."""
+        full = (lambda state: state) if self.sharded_checkpoints else self.engine.full  # noqa: E731
+        optimizer = (self.optimizer.state_dict() if self.sharded_checkpoints
+                     else self.engine.optimizer_state(self.optimizer))
         return {"format": FORMAT, "backbone": self.cfg.backbone.name, "step": self.step,
-                "seq_len": self.seq_len,
-                "model": self.engine.full(self.model.state_dict()),
-                "ema": self.engine.full(self.ema.state_dict()) if self.ema else None,
-                "optimizer": self.engine.optimizer_state(self.optimizer),
+                "seq_len": self.seq_len, "model": full(self.model.state_dict()),
+                "ema": full(self.ema.state_dict()) if self.ema else None,
+                "optimizer": optimizer,
                 "clip_norms": self.clipper.norms, "train_seconds": self.train_seconds}
 
     def save(self, snapshot: bool = False) -> None:
-        """Every process calls it (gathering shards is collective); process 0 writes."""
+        """Every process calls it (gathering or writing shards is collective)."""
         state = self._state()
-        if not self.ctx.is_main:
-            return
-        save_atomic(state, self.run_dir / META)
-        if snapshot:
-            save_atomic(state, self.run_dir / "checkpoints" / f"checkpoint_{self.step}.pth")
+        paths = [self.run_dir / META] + (
+            [self.run_dir / "checkpoints" / f"checkpoint_{self.step}.pth"] if snapshot else [])
+        for path in paths:
+            if self.sharded_checkpoints:
+                save_sharded(state, path, self.ctx.rank, self.ctx.world_size)
+            elif self.ctx.is_main:
+                save_atomic(state, path)
 
     def _resume(self) -> None:
         path = self.run_dir / META
         if not path.is_file():
             return
-        state = load_checkpoint(path, self.ctx.device)
+        state = load_checkpoint(path, self.ctx.device, rank_of=(
+            (self.ctx.rank, self.ctx.world_size) if self.engine.sharded else None))
         if state.get("backbone") != self.cfg.backbone.name:
             raise ValueError(f"{path} holds a {state.get('backbone')!r} run but the config asks for "
                              f"backbone={self.cfg.backbone.name}; use a new run folder")

@@ -3,6 +3,7 @@ one-process run, whatever the strategy; checkpoints stay in the one-process layo
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -89,19 +90,42 @@ def test_two_processes_match_one_process(tmp_path, one_process, backbone, strate
     assert (two / "loss.png").is_file()
 
 
-def test_fsdp_run_resumes_under_fsdp_and_in_one_process(tmp_path, one_process):
+@pytest.mark.parametrize("layout", ["full", "sharded"])
+def test_fsdp_run_resumes_under_fsdp_and_in_one_process(tmp_path, one_process, layout):
     """A run stopped at step 2 under fsdp resumes to the same losses under fsdp, and its
-    checkpoint resumes a one-process run the same way."""
+    checkpoint (one full file, or a file per process) resumes a one-process run the same way."""
     reference = losses(one_process("sedd"))
     run = tmp_path / "fsdp"
-    finetune(run, "backbone=sedd", "training.n_iters=2", "training.strategy=fsdp", procs=2)
+    fsdp = ["backbone=sedd", "training.strategy=fsdp", f"training.checkpoint_format={layout}"]
+    finetune(run, *fsdp, "training.n_iters=2", procs=2)
+    shards = sorted(p.name for p in (run / "checkpoints-meta").glob("*/*.pth"))
+    assert shards == ([] if layout == "full" else ["rank0-of-2.pth", "rank1-of-2.pth"])
     single = tmp_path / "single"
-    (single / "checkpoints-meta").mkdir(parents=True)
-    (single / META).write_bytes((run / META).read_bytes())
-    finetune(run, "backbone=sedd", "training.n_iters=4", "training.strategy=fsdp", procs=2)
+    shutil.copytree(run / "checkpoints-meta", single / "checkpoints-meta")
+    finetune(run, *fsdp, "training.n_iters=4", procs=2)
     assert losses(run) == pytest.approx(reference, rel=1e-5)
+    if layout == "sharded":  # the step-2 shards were replaced by the step-4 ones
+        assert [p.name for p in (run / "checkpoints-meta").iterdir() if p.is_dir()] == [
+            "checkpoint-shards-step4"]
     finetune(single, "backbone=sedd", "training.n_iters=4")
     assert losses(single)[-2:] == pytest.approx(reference[2:], rel=1e-5)
+    full = load_checkpoint(run / META)  # one process reads a sharded checkpoint whole
+    one = load_checkpoint(one_process("sedd") / META)
+    for k in one["model"]:
+        torch.testing.assert_close(full["model"][k], one["model"][k], rtol=1e-4, atol=1e-6)
+
+
+def test_sharded_checkpoint_with_a_missing_shard_is_one_clear_error(tmp_path):
+    from dot.checkpoint import CheckpointError, save_atomic
+
+    path = tmp_path / "checkpoint.pth"
+    save_atomic({"step": 3, "model": {"w": {"__shard__": "/model/w", "shape": [4]}},
+                 "shards": {"folder": "checkpoint-shards-step3", "world_size": 2}}, path)
+    save_atomic({"/model/w": torch.ones(2)}, tmp_path / "checkpoint-shards-step3" / "rank0-of-2.pth")
+    with pytest.raises(CheckpointError, match="rank1-of-2.pth is missing"):
+        load_checkpoint(path)
+    save_atomic({"/model/w": torch.zeros(2)}, tmp_path / "checkpoint-shards-step3" / "rank1-of-2.pth")
+    assert load_checkpoint(path)["model"]["w"].tolist() == [1.0, 1.0, 0.0, 0.0]
 
 
 def test_sharded_evaluation_writes_the_one_process_results(tmp_path, one_process):
@@ -126,3 +150,24 @@ def test_sharded_evaluation_writes_the_one_process_results(tmp_path, one_process
     assert two == one
     assert len({r["prediction"] for r in one}) > 1  # the euler sampler's noise matters
     assert [r["prediction"] for r in one if r["run"] == 0] != [r["prediction"] for r in one if r["run"] == 1]
+
+
+@pytest.mark.parametrize("backbone", ["sedd", "plaid"])
+def test_activation_checkpointing_keeps_the_losses(tmp_path, backbone):
+    """Recomputing every block in backward changes memory, not the numbers (dropout included:
+    the recomputation replays the RNG state)."""
+    from dot.config import compose_config
+    from dot.train import Trainer
+
+    curves, calls = [], []
+    for ckpt in (False, True):
+        cfg = compose_config([f"backbone={backbone}", *TINY, "training.n_iters=3",
+                              f"training.activation_checkpointing={ckpt}", "model.dropout=0.1"])
+        trainer = Trainer(cfg, tmp_path / str(ckpt))
+        count = [0]
+        trainer.backbone.shard_units()[0].register_forward_pre_hook(
+            lambda *_: count.__setitem__(0, count[0] + 1))
+        curves.append([trainer.train_step()["loss"] for _ in range(3)])
+        calls.append(count[0])
+    assert curves[1] == pytest.approx(curves[0], rel=1e-6)
+    assert calls[1] > calls[0]  # the block really ran again in backward
