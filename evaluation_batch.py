@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from dot import distributed
-from dot.checkpoint import CheckpointError, latest_run
+from dot.checkpoint import CheckpointError, latest_run, run_checkpoint, snapshot_step
 from dot.data import load_split
 from dot.evaluate import evaluate, format_summary, result_name
 from dot.loading import load_for_eval
@@ -39,8 +39,9 @@ PLAID_FLAGS = {"score_temp", "dpm_order", "logit_sample", "logit_temp", "officia
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights_path", help="run folder, checkpoint folder or hub id "
-                   "(default: the most recent run under exp_local/)")
+    p.add_argument("--weights_path", help="run folder, its checkpoints/ folder (newest "
+                   "snapshot) or a checkpoint file in it, a Plaid or SEDD weights folder, or a hub "
+                   "id (default: the most recent run under exp_local/)")
     p.add_argument("--dataset", help="task (default: the run's data.task)")
     p.add_argument("--split", default="test", choices=["test", "valid"])
     p.add_argument("--data_path", help="a data file to decode instead of the task's split")
@@ -127,6 +128,7 @@ def run(args: argparse.Namespace, device: torch.device, is_main: bool) -> int:
         # Without --weights_path: the newest run, of Plaid when a Plaid-only flag is given.
         plaid_only = args.dpm_solver or args.fix_src or bool(PLAID_FLAGS & set(options))
         weights = args.weights_path or str(latest_run(backbone="plaid" if plaid_only else None))
+        found = run_checkpoint(weights)
         backbone, cfg = load_for_eval(weights, device, digit=args.digit, dataset=args.dataset,
                                       tokenizer=args.tokenizer)
     except (CheckpointError, FileNotFoundError, ValueError, KeyError) as err:
@@ -152,10 +154,16 @@ def run(args: argparse.Namespace, device: torch.device, is_main: bool) -> int:
         source += " (no test split found; using valid)"
     limited = bool(args.limit) and args.limit < len(examples)
     examples = examples[: args.limit] if limited else examples
+    # the data in the name when it is not the run's own split; the step for an older snapshot
+    data = Path(args.data_path).stem if args.data_path else (
+        task.name if task.name != cfg.data.task else None)
+    step = snapshot_step(found[1]) if found else None
     name = result_name(args.split, steps, multipass, options, args.runs,
-                       first=len(examples) if limited else None)
-    out = Path(args.output) if args.output else Path(weights) / "eval" / name
-    if not Path(weights).is_dir() and not args.output:
+                       first=len(examples) if limited else None, data=data) + (
+        f"-step{step}" if step is not None else "")
+    run_dir = found[0] if found else Path(weights)
+    out = Path(args.output) if args.output else run_dir / "eval" / name
+    if not run_dir.is_dir() and not args.output:
         out = Path("generated_output") / task.name / name
     print_main(f"{backbone.name} from {weights}; {len(examples)} examples from {source}; T={steps}")
     if args.per_thought:

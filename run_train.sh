@@ -9,10 +9,20 @@ PY=${PYTHON:-python}
 recipe=${1:-cpu-default}
 shift || true
 
+# `--help`: every recipe of the case list below, with its comment
+recipes() {
+  echo "usage: bash run_train.sh RECIPE [Hydra overrides, e.g. training.n_iters=500]"; echo "recipes:"
+  awk '/^  [a-z][a-z0-9|-]*\)/ { n = $1; sub(/\).*/, "", n); c = ""; open = 1
+         if (match($0, /\)[ \t]+#[ \t]*/)) c = substr($0, RSTART + RLENGTH) }
+       open && /;;/ { if (c == "" && match($0, /;;[ \t]*#[ \t]*/)) c = substr($0, RSTART + RLENGTH)
+                      printf "  %-22s %s\n", n, c; open = 0 }' "$0"
+}
+
 case "$recipe" in
+  -h|--help|help) recipes; exit 0 ;;
   # --- CPU, from scratch (see README "Results") -------------------------------------------
   cpu-default)    $PY finetune.py "$@" ;;                               # the built-in default
-  cpu-default-mp) $PY finetune.py data.multipass=True "$@" ;;
+  cpu-default-mp) $PY finetune.py data.multipass=True "$@" ;;        # the default, DoT-MP
   cpu-4x4)        $PY finetune.py experiment=cpu_4x4 "$@" ;;             # block diffusion
   cpu-4x4-mp)     $PY finetune.py experiment=cpu_4x4 data.multipass=True "$@" ;;  # + DoT-MP
   cpu-4x4-sp)     $PY finetune.py experiment=cpu_4x4 backbone=sedd \
@@ -23,19 +33,19 @@ case "$recipe" in
   # --- Plaid-1B, DoT paper (HKUNLP/diffusion-of-thoughts run_train.sh), 8 GPUs x 16 --------
   plaid-gsm8k)    $PY finetune.py backbone=plaid model=plaid1b init=${PLAID_WEIGHTS:-plaid1b_weights} \
                     data.task=gsm8k data.tokenizer=owt2 data.digit=True training.block_size=256 \
-                    training.batch_size=128 training.n_iters=120000 training.max_minutes=null "$@" ;;
+                    training.batch_size=128 training.n_iters=120000 training.max_minutes=null "$@" ;;  # Plaid-1B on GSM8K-Aug
   plaid-gsm8k-ss) bash "$0" plaid-gsm8k backbone.min_prob=0.95 "$@" ;;    # scheduled sampling
-  plaid-gsm8k-mp) bash "$0" plaid-gsm8k data.multipass=True training.n_iters=31000 "$@" ;;
+  plaid-gsm8k-mp) bash "$0" plaid-gsm8k data.multipass=True training.n_iters=31000 "$@" ;;  # DoT-MP
   # Official glance: p=0.1 for the first 2 rows of each 16-row batch = 0.0125 per row.
-  plaid-gsm8k-mp-glance) bash "$0" plaid-gsm8k-mp data.glance=0.0125 "$@" ;;
+  plaid-gsm8k-mp-glance) bash "$0" plaid-gsm8k-mp data.glance=0.0125 "$@" ;;  # DoT-MP, glance
   # --- SEDD, DoT paper (dot-sedd branch), 4 GPUs x 64 ------------------------------------
   sedd-gsm8k)     $PY finetune.py backbone=sedd model=small init=louaaron/sedd-small \
                     data.task=gsm8k data.tokenizer=gpt2 training.block_size=128 \
                     training.batch_size=256 training.n_iters=120000 training.eval_freq=100 \
                     training.snapshot_freq=60000 training.snapshot_freq_for_preemption=10000 \
                     optim.lr=3e-4 optim.warmup=2500 optim.decay=none training.ema=0.9999 \
-                    training.max_minutes=null sampling.predictor=analytic "$@" ;;
-  sedd-gsm8k-mp)  bash "$0" sedd-gsm8k data.multipass=True "$@" ;;
-  sedd-medium-gsm8k) bash "$0" sedd-gsm8k model=medium init=louaaron/sedd-medium "$@" ;;
-  *) echo "unknown recipe '$recipe'; see the case list in $0" >&2; exit 2 ;;
+                    training.max_minutes=null sampling.predictor=analytic "$@" ;;  # sedd-small on GSM8K-Aug
+  sedd-gsm8k-mp)  bash "$0" sedd-gsm8k data.multipass=True "$@" ;;  # DoT-MP
+  sedd-medium-gsm8k) bash "$0" sedd-gsm8k model=medium init=louaaron/sedd-medium "$@" ;;  # sedd-medium
+  *) echo "unknown recipe '$recipe'" >&2; recipes >&2; exit 2 ;;
 esac

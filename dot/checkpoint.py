@@ -60,19 +60,53 @@ def is_run_dir(path: Path) -> bool:
     return (path / ".hydra" / "config.yaml").is_file() and (path / META).is_file()
 
 
+def run_checkpoint(path: str | Path) -> tuple[Path, Path] | None:
+    """(run folder, checkpoint file) for a run folder, its `checkpoints/` folder (the newest
+    snapshot), its `checkpoints-meta/` folder, or a checkpoint file in either; else None."""
+    p = Path(path)
+    if p.is_file():
+        run, ckpt = p.parent.parent, p
+    elif p.name == "checkpoints" and p.is_dir():
+        snapshots = sorted(p.glob("checkpoint_*.pth"), key=lambda f: snapshot_step(f) or -1)
+        if not snapshots:
+            raise CheckpointError(f"{p}: no checkpoint_<step>.pth in this folder")
+        run, ckpt = p.parent, snapshots[-1]
+    elif p.name == META.parent.name and p.is_dir():
+        run, ckpt = p.parent, p / META.name
+    else:
+        run, ckpt = p, p / META
+    return (run, ckpt) if (run / ".hydra" / "config.yaml").is_file() and ckpt.is_file() else None
+
+
+def snapshot_step(path: Path) -> int | None:
+    """The step of a kept snapshot `checkpoints/checkpoint_<step>.pth`; None for others."""
+    stem = path.stem
+    if path.parent.name == "checkpoints" and stem.startswith("checkpoint_") and stem[11:].isdigit():
+        return int(stem[11:])
+    return None
+
+
 def latest_run(root: str | Path = RUNS_ROOT, backbone: str | None = None) -> Path:
     """The most recently written run folder under `root` (optionally of one backbone)."""
     from omegaconf import OmegaConf
 
     runs = [p.parents[1] for p in Path(root).glob("**/checkpoints-meta/checkpoint.pth")]
-    runs = [r for r in runs if is_run_dir(r)]
-    if backbone is not None:
-        runs = [r for r in runs
-                if OmegaConf.load(r / ".hydra" / "config.yaml").get("backbone", {}).get("name") == backbone]
+    runs = sorted((r for r in runs if is_run_dir(r)), key=lambda r: (r / META).stat().st_mtime)
     if not runs:
         raise CheckpointError(f"no run folder with {META} under {Path(root).resolve()}; train one "
                               "with `python finetune.py` or pass --weights_path")
-    return max(runs, key=lambda r: (r / META).stat().st_mtime)
+    if backbone is None:
+        return runs[-1]
+    names = {r: OmegaConf.load(r / ".hydra" / "config.yaml").get("backbone", {}).get("name")
+             for r in runs}
+    mine = [r for r in runs if names[r] == backbone]
+    if not mine:
+        others = ", ".join(f"{names[r]} ({r})" for r in runs[-3:])
+        raise CheckpointError(
+            f"no {backbone} run under {Path(root).resolve()}, and the flags given apply to "
+            f"{backbone} only; the newest runs there are of other backbones: {others}. Pass "
+            f"--weights_path, or drop the {backbone}-only flags")
+    return mine[-1]
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu", use_ema: bool = True,

@@ -62,9 +62,9 @@ def generate(backbone: Backbone, task: Task, prompts: list[list[int]], *, seq_le
     active = list(range(len(prompts)))
     for _ in range(max_passes if multipass else 1):
         prefixes = {r: list(prompts[r]) + gens[r].ids + [tok.sep_id] for r in active}
-        if multipass:  # an overflowing prefix ends the chain; in single pass it is an error
-            for r in active:
-                if len(prefixes[r]) >= seq_len:
+        if multipass:  # a prefix that overflows after a thought ends the chain; a prompt
+            for r in active:  # that leaves no room at all is an error, as in single pass
+                if len(prefixes[r]) >= seq_len and gens[r].thoughts:
                     gens[r].finished, gens[r].stop_reason = True, "no room left in seq_len"
             active = [r for r in active if not gens[r].finished]
             if not active:

@@ -30,15 +30,17 @@ from dot.tasks import Example, Task
 
 
 def result_name(split: str, steps: int, multipass: bool = False, options: dict[str, Any] | None = None,
-                runs: int = 1, first: int | None = None) -> str:
-    """`<split>-T<steps>[-mp][-<option>[=v]]...[-runs<K>][-first<N>]`: the stem of a result file.
+                runs: int = 1, first: int | None = None, data: str | None = None) -> str:
+    """`[<data>-]<split>-T<steps>[-mp][-<option>[=v]]...[-runs<K>][-first<N>]`: the stem of a
+    result file.
 
     One name for one decoding, whoever runs it (the trainer's final evaluation or
-    evaluation_batch.py), so a sweep over T finds the trainer's file and a partial decoding
-    (`first`, set when only the first N examples were decoded) never overwrites a full one.
+    evaluation_batch.py), so a sweep over T finds the trainer's file; a partial decoding
+    (`first`, set when only the first N examples were decoded) never overwrites a full one,
+    nor does another dataset than the run's own (`data`: its task or file name).
     """
     flags = "".join(f"-{k}{'' if v is True else '=' + str(v)}" for k, v in sorted((options or {}).items()))
-    return (f"{split}-T{steps}{'-mp' if multipass else ''}{flags}"
+    return (f"{data + '-' if data else ''}{split}-T{steps}{'-mp' if multipass else ''}{flags}"
             + (f"-runs{runs}" if runs > 1 else "") + (f"-first{first}" if first else ""))
 
 

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from dot.backbone import Backbone, backbone_class
-from dot.checkpoint import FORMAT, META, CheckpointError, is_run_dir, load_checkpoint, load_run
+from dot.checkpoint import (FORMAT, META, CheckpointError, is_run_dir, load_checkpoint, load_run,
+                            run_checkpoint)
 
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, as on the Hugging Face hub
@@ -34,11 +35,12 @@ def detect_backbone(path: str) -> str:
 def load_for_eval(path: str, device: torch.device, *, digit: bool = False,
                   dataset: str | None = None, tokenizer: str | None = None) -> tuple[Backbone, Any]:
     """(backbone in eval mode, config with data/sampling/eval/seq_len keys) for `path`."""
-    p = Path(path)
-    if is_run_dir(p):
-        state = load_checkpoint(p / META, device)
+    found = run_checkpoint(path)
+    if found:
+        run, ckpt = found
+        state = load_checkpoint(ckpt, device)
         if state.get("format") == FORMAT:
-            return load_run(p, device, state=state)
+            return load_run(run, device, state=state)
     name = detect_backbone(path)
     return backbone_class(name).load_pretrained(path, device, digit=digit, dataset=dataset,
                                                 tokenizer=tokenizer)

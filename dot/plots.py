@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
@@ -169,17 +170,22 @@ def sc_curve(summary: str | Path | Summary, out_png: str | Path) -> Path:
 
 
 def eval_figures(eval_dir: str | Path) -> list[Path]:
-    """An evaluation folder's figures: accuracy vs T over its summaries (`accuracy_vs_T.png`)
-    and SC@k of each multi-run summary (`<name>.sc.png`). Written by training and evaluation."""
+    """An evaluation folder's figures, written by training and evaluation: accuracy vs T for
+    each (data, split, number of examples) among its summaries
+    (`accuracy_vs_T-<data-split>-n<N>.png`, so a `--limit 8` try or another dataset never
+    joins the full test curve) and SC@k of each multi-run summary (`<name>.sc.png`)."""
     eval_dir = Path(eval_dir)
-    paths = sorted(eval_dir.glob("*.summary.json"))
-    made = [accuracy_vs_steps(paths, eval_dir / "accuracy_vs_T.png")] if paths else []
-    for path in paths:
+    groups: dict[str, list[Path]] = defaultdict(list)
+    made = []
+    for path in sorted(eval_dir.glob("*.summary.json")):
         summary = load_summary(path)
+        stem = path.name[:-len(".summary.json")]
+        data_split = re.split(r"-T\d+", stem, maxsplit=1)[0]  # result_name's leading fields
+        groups[f"{data_split}-n{summary['n_examples']}"].append(path)
         if summary.get("sc"):
-            made.append(sc_curve(summary, path.with_name(path.name[:-len(".summary.json")]
-                                                         + ".sc.png")))
-    return made
+            made.append(sc_curve(summary, path.with_name(stem + ".sc.png")))
+    return [accuracy_vs_steps(paths, eval_dir / f"accuracy_vs_T-{key}.png")
+            for key, paths in sorted(groups.items())] + made
 
 
 @dataclass(frozen=True)

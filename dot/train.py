@@ -11,7 +11,9 @@ import csv
 import logging
 import math
 import random
+import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -29,6 +31,7 @@ from dot.data import load_split
 from dot.ema import EMA
 from dot.evaluate import evaluate, format_summary, result_name
 from dot.examples import TokenizedExample, tokenize, training_pair
+from dot.resume import config_changes, record_changes
 from dot.rng import RowRandom, seed_key
 from dot.sharded import save_sharded
 from dot.tasks import Example, Task, get_task
@@ -55,6 +58,40 @@ def lr_factor(step: int, opt: DictConfig, n_iters: int, time_used: float = 0.0) 
     if opt.decay != "none":
         raise ValueError(f"optim.decay={opt.decay!r}: use none, linear or cosine")
     return warm
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped training after a step; the checkpoint to resume from is saved."""
+
+    def __init__(self, signum: int, step: int, run_dir: Path):
+        self.exit_code = 128 + signum
+        super().__init__(
+            f"training interrupted ({signal.Signals(signum).name}) at step {step}; checkpoint "
+            f"saved in {run_dir / META}. Resume with: python finetune.py hydra.run.dir={run_dir}")
+
+
+@contextmanager
+def stop_requests() -> Iterator[list[int]]:
+    """SIGINT (Ctrl-C) and SIGTERM (SLURM preemption) ask training to stop after the current
+    step; the yielded list receives the signal. A second signal stops at once."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def ask(signum: int, frame: Any) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+        log.warning(f"{signal.Signals(signum).name}: stopping after this step and saving a "
+                    "checkpoint (send it again to stop at once, without saving)")
+
+    previous = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 class GradClipper:
@@ -215,6 +252,7 @@ class Trainer:
     def _resume(self) -> None:
         path = self.run_dir / META
         if not path.is_file():
+            self.info(f"new run in {self.run_dir} (no {META} there to resume from)")
             return
         state = load_checkpoint(path, self.ctx.device, rank_of=(
             (self.ctx.rank, self.ctx.world_size) if self.engine.sharded else None))
@@ -344,29 +382,29 @@ class Trainer:
                    disable=not self.ctx.is_main, dynamic_ncols=True,
                    mininterval=0.5 if sys.stderr.isatty() else 30)
         window: list[dict[str, float]] = []
-        while self.step < tcfg.n_iters and not self._spend_budget(started, prior):
-            m = self.train_step()
-            window.append(m)
-            bar.update(1)
-            post = {"loss": f"{m['loss']:.4f}", "lr": f"{m['lr']:.2e}"}
-            if tcfg.max_minutes:  # the bar's ETA counts n_iters; this is the time budget's
-                left = max(0.0, 60 * tcfg.max_minutes * (1 - self.time_used))
-                post["budget_left"] = f"{int(left // 60)}:{int(left % 60):02d}"
-            bar.set_postfix(post, refresh=False)
-            is_eval = bool(tcfg.eval_freq) and self.step % tcfg.eval_freq == 0
-            if is_eval or self.step % tcfg.log_freq == 0 or self.step == tcfg.n_iters:
-                row = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-                row["step"], row["seconds"] = self.step, prior + time.perf_counter() - started
-                row["steps_per_s"] = (self.step - first_step) / (row["seconds"] - prior)
-                window = []
-                if is_eval:
-                    row.update(self.periodic_eval())
-                self._log_metrics(metrics_path, row)
-            if self.step % tcfg.snapshot_freq_for_preemption == 0:
-                self.save()
-            if self.step % tcfg.snapshot_freq == 0:
-                self.save(snapshot=True)
+        stop_signal = 0
+        with stop_requests() as received:
+            while self.step < tcfg.n_iters:
+                stop_signal = self._sync_clock(started, prior, received)
+                if stop_signal or self.time_used >= 1.0:
+                    break
+                window.append(self.train_step())
+                bar.update(1)
+                bar.set_postfix(self._postfix(window[-1]), refresh=False)
+                is_eval = bool(tcfg.eval_freq) and self.step % tcfg.eval_freq == 0
+                if is_eval or self.step % tcfg.log_freq == 0 or self.step == tcfg.n_iters:
+                    self._log_window(window, metrics_path, started, prior, first_step, is_eval)
+                    window = []
+                if self.step % tcfg.snapshot_freq_for_preemption == 0:
+                    self.save()
+                if self.step % tcfg.snapshot_freq == 0:
+                    self.save(snapshot=True)
+        if window:  # the steps since the last log line (a run shorter than log_freq, a stop)
+            self._log_window(window, metrics_path, started, prior, first_step, False)
         bar.close()
+        if stop_signal:
+            self.save()
+            raise TrainingInterrupted(stop_signal, self.step, self.run_dir)
         if self.step < tcfg.n_iters:
             self.cut_short = {"step": self.step, "n_iters": int(tcfg.n_iters),
                               "max_minutes": float(tcfg.max_minutes)}
@@ -374,24 +412,43 @@ class Trainer:
                 f"TRAINING CUT SHORT: training.max_minutes={tcfg.max_minutes} reached at step "
                 f"{self.step} of training.n_iters={tcfg.n_iters}; this machine is slower than "
                 "the recipe assumes, so the model is not the one the recipe describes (the "
-                "results summary says so too). Resume with a larger training.max_minutes to "
-                "finish the steps.")
+                "results summary says so too). To finish the steps, resume with "
+                f"hydra.run.dir={self.run_dir} training.max_minutes=<more> "
+                "training.allow_config_change=true.")
         self.save(snapshot=True)
         return self.final_eval()
 
-    def _spend_budget(self, started: float, prior: float) -> bool:
-        """Update train_seconds and time_used; True once training.max_minutes is spent.
+    def _postfix(self, m: dict[str, float]) -> dict[str, str]:
+        post = {"loss": f"{m['loss']:.4f}", "lr": f"{m['lr']:.2e}"}
+        limit = self.cfg.training.max_minutes
+        if limit:  # the bar's ETA counts n_iters; this is the time guard's
+            left = max(0.0, 60 * limit * (1 - self.time_used))
+            post["budget_left"] = f"{int(left // 60)}:{int(left % 60):02d}"
+        return post
 
-        The budget counts every invocation of the run (a resumed run continues it). Process 0's
-        clock decides, so every process sees the same lr and stops at the same step.
+    def _log_window(self, window: list[dict[str, float]], path: Path, started: float,
+                    prior: float, first_step: int, is_eval: bool) -> None:
+        row = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+        row["step"], row["seconds"] = self.step, prior + time.perf_counter() - started
+        row["steps_per_s"] = (self.step - first_step) / max(1e-9, row["seconds"] - prior)
+        if is_eval:
+            row.update(self.periodic_eval())
+        self._log_metrics(path, row)
+
+    def _sync_clock(self, started: float, prior: float, received: list[int]) -> int:
+        """Update train_seconds and time_used; returns the stop signal (0 = none).
+
+        The time guard counts every invocation of the run (a resumed run continues it) and
+        process 0's clock decides; a signal seen by any process stops them all, so every
+        process sees the same lr and stops at the same step.
         """
         self.train_seconds = prior + time.perf_counter() - started
         limit = self.cfg.training.max_minutes
-        used = torch.tensor([self.train_seconds / (60 * limit) if limit and self.ctx.is_main
-                             else 0.0], dtype=torch.float64)
-        distributed.all_reduce_sum_([used])
-        self.time_used = used.item()
-        return self.time_used >= 1.0
+        flags = torch.tensor([self.train_seconds / (60 * limit) if limit and self.ctx.is_main
+                              else 0.0, float(bool(received))], dtype=torch.float64)
+        distributed.all_reduce_sum_([flags])
+        self.time_used = flags[0].item()
+        return (received[0] if received else signal.SIGTERM) if flags[1].item() else 0
 
     def periodic_eval(self) -> dict[str, float]:
         out: dict[str, float] = {"eval_loss": self.eval_loss()}
@@ -415,7 +472,8 @@ class Trainer:
                   + (f"\nWARNING: training was cut short at step {self.step} of "
                      f"{self.cfg.training.n_iters} (training.max_minutes)" if self.cut_short else ""))
         from dot.plots import eval_figures, loss_curve  # matplotlib only when a run ends
-        figures = [loss_curve(self.run_dir, self.run_dir / "loss.png"),
+        has_metrics = (self.run_dir / "logs" / "metrics.csv").is_file()
+        figures = [*([loss_curve(self.run_dir, self.run_dir / "loss.png")] if has_metrics else []),
                    *eval_figures(self.run_dir / "eval")]
         self.info("figures: " + ", ".join(str(f) for f in figures))
         return summary
@@ -452,10 +510,20 @@ class Trainer:
             writer.writerows(rows)
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any] | None:
-    """Train (or resume) in `run_dir`; returns the final evaluation summary on the main process."""
+def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
+          ) -> dict[str, Any] | None:
+    """Train (or resume) in `run_dir`; returns the final evaluation summary on the main process.
+
+    A resumed run keeps its config (dot.resume); `overrides` are the command line's, recorded
+    when a change is allowed.
+    """
     run_dir = Path(run_dir)
+    changes = config_changes(cfg, run_dir)
     trainer = Trainer(cfg, run_dir)
+    if changes and trainer.ctx.is_main:
+        path = record_changes(cfg, run_dir, changes, trainer.step, overrides or [])
+        log.warning(f"config changed at step {trainer.step} (recorded in {path}): " + "; ".join(
+            f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()))
     if trainer.ctx.is_main and cfg.wandb.enabled:
         import wandb
         wandb.init(project=cfg.wandb.project, dir=str(run_dir),

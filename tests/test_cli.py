@@ -2,6 +2,7 @@
 import math
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import torch
 
 import cal_acc_gsm
 import evaluation_batch
-from conftest import ROOT
+from conftest import FIXTURES, ROOT
 from dot.config import compose_config
 from dot.loading import load_for_eval
 from dot.train import Trainer
@@ -50,7 +51,7 @@ def test_evaluation_batch_writes_results_and_summary(runs, capsys):
     summary = json.loads(out.with_suffix(".summary.json").read_text())
     assert set(summary["sc"]) == {"1", "2"}
     assert "SC@k" in capsys.readouterr().out
-    assert (out.parent / "accuracy_vs_T.png").is_file() and (out.parent / "custom.sc.png").is_file()
+    assert (out.parent / "accuracy_vs_T-custom-n6.png").is_file() and (out.parent / "custom.sc.png").is_file()
 
 
 def test_block_diffusion_run_decodes_block_by_block(runs):
@@ -169,3 +170,72 @@ def test_run_eval_sweep_decodes_every_T_and_scores_the_run(runs):
         nfe[T] = summary["nfe_per_example"]
         assert f"test-T{T}-first2.jsonl" in proc.stdout
     assert all(nfe[T] <= 2 * nfe[1] for T in nfe)  # T = 1: one call per block
+
+
+def test_weights_path_accepts_checkpoint_files_and_folders(runs):
+    """The run folder, its checkpoints/ folder (newest snapshot) or a checkpoint file; an older
+    snapshot's results carry its step, so they never overwrite the run's own."""
+    _, made = runs
+    run = made["ar"]
+    (run / "checkpoints").mkdir(exist_ok=True)
+    for step in (1, 3):
+        shutil.copy(run / "checkpoints-meta" / "checkpoint.pth",
+                    run / "checkpoints" / f"checkpoint_{step}.pth")
+    cases = {run / "checkpoints": "test-T1-first2-step3",
+             run / "checkpoints" / "checkpoint_1.pth": "test-T1-first2-step1",
+             run / "checkpoints-meta" / "checkpoint.pth": "test-T1-first2"}
+    for path, name in cases.items():
+        target = run / "eval" / f"{name}.jsonl"
+        target.unlink(missing_ok=True)
+        assert evaluation_batch.main(["--weights_path", str(path), "--limit", "2",
+                                      "--no_progress"]) == 0
+        assert target.is_file(), path
+
+
+def test_another_dataset_gets_its_own_name_and_overflow_is_an_error(runs, capsys):
+    _, made = runs
+    run = made["sedd"]
+    assert evaluation_batch.main(["--weights_path", str(run), "--dataset", "mult1x1", "--limit",
+                                  "2", "--sampling_timesteps", "1", "--no_progress"]) == 0
+    assert (run / "eval" / "mult1x1-test-T1-first2.jsonl").is_file()
+    capsys.readouterr()
+    # GSM8K questions do not fit in the rows of a 2x2 run: an error, never "0 %" (either mode)
+    for mode in ([], ["--cot"]):
+        assert evaluation_batch.main(["--weights_path", str(run), "--dataset", "gsm8k",
+                                      "--data_path", str(FIXTURES / "gsm8k_small.txt"), "--limit",
+                                      "2", "--no_progress", *mode]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "leaving no room to generate" in err[0], err
+    assert not list((run / "eval").glob("gsm8k_small-*"))
+
+
+def test_plaid_only_flags_without_a_plaid_run_name_the_runs_there(tmp_path):
+    from omegaconf import OmegaConf
+
+    from dot.checkpoint import CheckpointError, latest_run
+
+    run = tmp_path / "exp_local" / "mult2x2" / "only_sedd"
+    (run / "checkpoints-meta").mkdir(parents=True)
+    (run / "checkpoints-meta" / "checkpoint.pth").write_bytes(b"")
+    (run / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create({"backbone": {"name": "sedd"}}), run / ".hydra" / "config.yaml")
+    assert latest_run(tmp_path / "exp_local") == run
+    with pytest.raises(CheckpointError, match=r"no plaid run .*sedd \(.*only_sedd\)"):
+        latest_run(tmp_path / "exp_local", backbone="plaid")
+
+
+@pytest.mark.parametrize("script", ["run_train.sh", "run_eval.sh"])
+def test_recipe_scripts_list_their_recipes(script):
+    """`--help` names every recipe of the script's case list; an unknown one is refused."""
+    import re
+
+    text = (ROOT / script).read_text()
+    recipes = re.findall(r"^  ([a-z][a-z0-9|-]*)\)", text, flags=re.M)
+    assert len(recipes) >= 5
+    shown = subprocess.run(["bash", str(ROOT / script), "--help"], capture_output=True, text=True)
+    assert shown.returncode == 0
+    listed = [line.split()[0] for line in shown.stdout.splitlines()[2:]]
+    assert listed == recipes
+    bad = subprocess.run(["bash", str(ROOT / script), "no-such-recipe"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "unknown recipe 'no-such-recipe'" in bad.stderr

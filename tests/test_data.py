@@ -97,6 +97,14 @@ def test_make_mult_cli_writes_file(tmp_path, capsys):
     assert 10 <= a < 100 and 100 <= b < 1000
 
 
+@pytest.mark.parametrize("n", ["0", "-5"])
+def test_make_mult_refuses_a_non_positive_count_and_writes_nothing(tmp_path, capsys, n):
+    with pytest.raises(SystemExit) as exit_info:
+        data_cli(["make-mult", "--digits", "2x3", "--n", n, "--root", str(tmp_path)])
+    assert exit_info.value.code == 2 and "--n must be >= 1" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.fixture
 def http_root(tmp_path):
     """A local HTTP server on 127.0.0.1 serving tmp_path/www."""

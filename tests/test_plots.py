@@ -1,11 +1,13 @@
 """dot.plots: readers and every figure, from small synthetic runs and summaries."""
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from dot import plots
 from dot.plots import (Point, accuracy_vs_steps, calls_accuracy, eval_figures, loss_curve, main,
                        pareto_front, read_metrics, sc_curve, series_label, speed_accuracy,
                        time_to_accuracy)
@@ -74,13 +76,25 @@ def test_sc_curve(tmp_path):
         sc_curve(summary(64, 0.5), tmp_path / "no.png")
 
 
-def test_eval_figures_of_an_eval_folder(tmp_path):
-    """One accuracy-vs-T figure over every summary, one SC figure per multi-run summary."""
-    for name, s in {"test-T1": summary(1, 0.2), "test-T4": summary(4, 0.5),
-                    "test-T4-runs3": summary(4, 0.5, sc={"1": 0.5, "2": 0.55, "3": 0.6})}.items():
+def test_eval_figures_of_an_eval_folder(tmp_path, monkeypatch):
+    """One accuracy-vs-T figure per (data, split, size), one SC figure per multi-run summary:
+    a `--limit 8` try and another dataset's decoding get their own figures."""
+    full = dict(n_examples=100)
+    for name, s in {"test-T1": summary(1, 0.2, **full), "test-T4": summary(4, 0.5, **full),
+                    "test-T4-runs3": summary(4, 0.5, sc={"1": 0.5, "2": 0.55, "3": 0.6}, **full),
+                    "test-T1-first8": summary(1, 0.9, n_examples=8),
+                    "gsm8k-test-T4": summary(4, 0.1, **full)}.items():
         (tmp_path / f"{name}.summary.json").write_text(json.dumps(s))
+    drawn = {}
+    real = plots.accuracy_vs_steps
+    monkeypatch.setattr(plots, "accuracy_vs_steps", lambda paths, out: drawn.setdefault(
+        Path(out).name, sorted(Path(p).name for p in paths)) and real(paths, out))
     made = eval_figures(tmp_path)
-    assert sorted(p.name for p in made) == ["accuracy_vs_T.png", "test-T4-runs3.sc.png"]
+    assert sorted(p.name for p in made) == [
+        "accuracy_vs_T-gsm8k-test-n100.png", "accuracy_vs_T-test-n100.png",
+        "accuracy_vs_T-test-n8.png", "test-T4-runs3.sc.png"]
+    assert drawn["accuracy_vs_T-test-n100.png"] == [
+        "test-T1.summary.json", "test-T4-runs3.summary.json", "test-T4.summary.json"]
     for p in made:
         assert_png(p)
     assert eval_figures(tmp_path / "empty") == []

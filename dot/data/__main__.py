@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
 
+    if args.n < 1:
+        parser.error(f"--n must be >= 1 (training lines), got {args.n}")
     task = get_task(args.digits)
     if not isinstance(task, Multiplication):
         parser.error(f"--digits {args.digits}: not a multiplication size")
