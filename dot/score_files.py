@@ -113,12 +113,15 @@ def files_to_score(directory: Path | None, steps: list[int] | None,
 def report(paths: list[Path]) -> str:
     """Accuracy per file, and an SC@k table for files with several runs."""
     scores = {str(p): score_file(p) for p in paths}
-    table = pd.DataFrame({
+    columns = {
         "file": list(scores), "examples": [s["n"] for s in scores.values()],
         "runs": [s["runs"] for s in scores.values()],
-        "accuracy %": [round(100 * s["accuracy"], 2) for s in scores.values()],
-        "official scorer %": [None if s["official_accuracy"] is None
-                              else round(100 * s["official_accuracy"], 2) for s in scores.values()]})
+        "accuracy %": [round(100 * s["accuracy"], 2) for s in scores.values()]}
+    if any(s["official_accuracy"] is not None for s in scores.values()):  # official files only
+        columns["official scorer %"] = ["-" if s["official_accuracy"] is None
+                                        else round(100 * s["official_accuracy"], 2)
+                                        for s in scores.values()]
+    table = pd.DataFrame(columns)
     text = table.to_string(index=False)
     sc = {p: s["sc"] for p, s in scores.items() if s["sc"]}
     if sc:

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from dot import distributed
 from dot.backbone import Backbone, Batch, backbone_class
@@ -373,6 +374,10 @@ class Trainer:
                             progress=progress, source_name=self.test_source, **kwargs)
 
     def run(self) -> dict[str, Any] | None:
+        with logging_redirect_tqdm():  # log lines print above the progress bar, not glued to it
+            return self._run()
+
+    def _run(self) -> dict[str, Any] | None:
         tcfg = self.cfg.training
         started, prior = time.perf_counter(), self.train_seconds
         first_step = self.step

@@ -36,6 +36,7 @@ MASK_TEXT = "_"
 # kind -> (text colour, background colour or None)
 STYLE = {"mask": ("#555555", "#c8c8c8"), "new": ("#000000", "#ffd54f"),
          "kept": ("#111111", None), "done": ("#1f5fbf", None)}
+FOOTER = {True: "#006400", False: "#d50000", None: "#000000"}  # answer right / wrong / unknown
 
 
 class ChainMissingError(ValueError):
@@ -152,9 +153,10 @@ def _place(cells: Sequence[Cell], font: ImageFont.FreeTypeFont, lay: Layout,
 
 
 def render_gif(frames: Sequence[Frame], out: str | Path, *, question: str, sep: str = "",
-               footer: str = "", fps: float = 8.0, hold_s: float = 2.5,
-               layout: Layout | None = None) -> Path:
-    """Draw every frame (same size) and write an animated GIF looping forever."""
+               footer: str = "", footer_ok: bool | None = None, fps: float = 8.0,
+               hold_s: float = 2.5, layout: Layout | None = None) -> Path:
+    """Draw every frame (same size) and write an animated GIF looping forever; the footer of
+    the last frame is green for a right answer, red for a wrong one (`footer_ok`)."""
     lay = layout or Layout()
     font = ImageFont.load_default(size=lay.font_size)
     line_h = lay.font_size + lay.line_gap
@@ -190,7 +192,7 @@ def render_gif(frames: Sequence[Frame], out: str | Path, *, question: str, sep: 
         if i == len(frames) - 1:
             fy = top + (n_lines + 1) * line_h
             for line in footer_lines:
-                draw.text((lay.margin, fy), line, fill="#006400", font=font)
+                draw.text((lay.margin, fy), line, fill=FOOTER[footer_ok], font=font)
                 fy += line_h
         images.append(im.quantize(colors=64, dither=Image.Dither.NONE))
     step_ms = max(20, int(round(1000 / fps)))
@@ -247,7 +249,8 @@ def chain_gif(results: str | Path, index: int, out: str | Path, *, run: str | Pa
     frames = chain_frames(record, tok, is_multipass(results, record, data))
     verdict = "correct" if record.get("correct") else f"wrong (gold {record.get('gold')})"
     return render_gif(frames, out, question=record["question"], sep=joiner(tok),
-                      footer=f"answer: {record.get('answer')}  {verdict}", fps=fps, hold_s=hold_s)
+                      footer=f"answer: {record.get('answer')}  {verdict}",
+                      footer_ok=record.get("correct"), fps=fps, hold_s=hold_s)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ def test_official_format_hand_counted(tmp_path, capsys):
     assert score["accuracy"] == 3 / 5 and score["official_accuracy"] == 1 / 5
     assert cal_acc_gsm.main(["--generated_output_path", str(tmp_path), "--steps", "8"]) == 0
     out = capsys.readouterr().out
-    assert "60.0" in out and "20.0" in out
+    assert "60.0" in out and "20.0" in out and "official scorer %" in out
 
 
 def test_our_format_with_runs_gives_sc_table(tmp_path, capsys):
@@ -40,7 +40,9 @@ def test_our_format_with_runs_gives_sc_table(tmp_path, capsys):
     assert score["runs"] == 3 and score["accuracy"] == 4 / 6  # 1 + 2 + 1 right
     assert score["sc"] == {1: 0.5, 2: 0.5, 3: 1.0}
     assert cal_acc_gsm.main([str(path)]) == 0
-    assert "SC@3" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "SC@3" in out
+    assert "official" not in out and "None" not in out  # that column is for official files
 
 
 def test_unknown_format_is_an_error(tmp_path, capsys):

@@ -109,6 +109,23 @@ def test_speed_accuracy_points(tmp_path):
     assert_png(speed_accuracy(pts, tmp_path / "speed.png"))
 
 
+def test_labels_of_nearby_points_do_not_overlap():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    crowd = [ax.annotate(f"setting {i}", (50 + 0.1 * i, 80), textcoords="offset points",
+                         xytext=(4, 4)) for i in range(4)]
+    alone = ax.annotate("alone", (10, 10), textcoords="offset points", xytext=(4, 4))
+    plots.spread_labels(fig, crowd + [alone])
+    r = fig.canvas.get_renderer()
+    boxes = [a.get_window_extent(r) for a in crowd + [alone]]
+    assert not any(boxes[i].overlaps(boxes[j]) for i in range(5) for j in range(i + 1, 5))
+    assert alone.xyann == (4, 4)  # a label with room keeps its place
+    plt.close(fig)
+
+
 def test_time_to_accuracy_two_runs(tmp_path):
     runs = {"DoT": fake_run(tmp_path / "dot", 0.5), "AR": fake_run(tmp_path / "ar", 2.0)}
     assert_png(time_to_accuracy(runs, tmp_path / "tta.png"))

@@ -52,6 +52,24 @@ def test_time_budget_spans_resumes(tmp_path):
     assert seconds == sorted(seconds) and len(rows) == first.step
 
 
+def test_log_lines_print_above_the_progress_bar(tmp_path, capsys):
+    """A log line never continues the bar's line: the bar is cleared before it is written."""
+    import logging
+    import sys
+
+    handler = logging.StreamHandler(sys.stderr)  # a console handler, as Hydra's
+    logging.getLogger().addHandler(handler)
+    logging.getLogger("dot").setLevel(logging.INFO)
+    try:
+        Trainer(compose_config(["backbone=ar", *TINY, "training.n_iters=3"]), tmp_path).run()
+    finally:
+        logging.getLogger().removeHandler(handler)
+    err = capsys.readouterr().err
+    segments = [seg for line in err.split("\n") for seg in line.split("\r")]
+    logged = [seg for seg in segments if "step 1:" in seg or "step 2:" in seg]
+    assert logged and all("train:" not in seg for seg in logged)
+
+
 def test_grad_clipper_fixed_and_quantile():
     p = torch.nn.Parameter(torch.zeros(4))
     p.grad = torch.tensor([3.0, 4.0, 0.0, 0.0])

@@ -144,6 +144,20 @@ def test_render_gif_direct_frames(tmp_path):
     assert Image.open(out).n_frames == 4
 
 
+@pytest.mark.parametrize("ok", [True, False])
+def test_footer_is_green_only_for_a_right_answer(tmp_path, ok):
+    chain = [[M, M], ids("9") + [TOK.eos_id]]
+    out = render_gif(chain_frames(record(chain, "9"), TOK, False), tmp_path / "x.gif",
+                     question="q", footer="answer: 9", footer_ok=ok)
+    im = Image.open(out)
+    im.seek(im.n_frames - 1)
+    rgb = np.asarray(im.convert("RGB")).astype(int)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    green = int(((g > 80) & (r < 40) & (b < 40)).sum())
+    red = int(((r > 180) & (g < 40) & (b < 40)).sum())
+    assert (green > 20 and red == 0) if ok else (red > 20 and green == 0)
+
+
 def test_cli_record_without_chain_is_a_clear_error(tmp_path, capsys):
     path = tmp_path / "res.jsonl"
     rec = record([], "x")
