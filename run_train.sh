@@ -30,6 +30,7 @@ case "$recipe" in
                     backbone.loss_weighting=flat "$@" ;;  # plain single pass, best settings found
   cpu-4x4-ar)     $PY finetune.py experiment=cpu_4x4 backbone=ar "$@" ;; # AR baseline
   cpu-4x4-fast)   $PY finetune.py experiment=cpu_4x4_fast "$@" ;;        # few parallel calls
+  cpu-gsm8k-toy)  $PY finetune.py data.task=gsm8k_toy "$@" ;;  # GSM8K format offline (generated problems)
   # --- Plaid-1B, DoT paper (HKUNLP/diffusion-of-thoughts run_train.sh), 8 GPUs x 16 --------
   plaid-gsm8k)    $PY finetune.py backbone=plaid model=plaid1b init=${PLAID_WEIGHTS:-plaid1b_weights} \
                     data.task=gsm8k data.tokenizer=owt2 data.digit=True training.block_size=256 \

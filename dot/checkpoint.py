@@ -115,7 +115,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", use_ema: b
     from omegaconf import OmegaConf
 
     from dot.backbone import backbone_class
-    from dot.tokenization import load_tokenizer
+    from dot.tokenization import load_tokenizer, run_tokenizer_name
 
     run_dir = Path(run_dir)
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
@@ -124,7 +124,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", use_ema: b
     if state.get("format") != FORMAT:
         raise CheckpointError(f"{run_dir / META} is not a dot run checkpoint (format "
                               f"{state.get('format')!r}); pass the backbone's own weights folder")
-    tok = load_tokenizer(cfg.data.tokenizer, digits=cfg.data.get("digit", False))
+    tok = load_tokenizer(run_tokenizer_name(cfg), digits=cfg.data.get("digit", False))
     backbone = backbone_class(cfg.backbone.name).from_config(cfg, tok)
     model = backbone.model.to(device)
     result = model.load_state_dict(state["model"], strict=False)

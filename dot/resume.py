@@ -64,13 +64,31 @@ def _flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: cfg}
 
 
+def _compose(overrides: list[str]) -> DictConfig:
+    """The project config under `overrides`, inside a running Hydra app or outside one."""
+    from hydra import compose
+    from hydra.core.global_hydra import GlobalHydra
+
+    from dot.config import compose_config
+
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name="config", overrides=overrides)
+    return compose_config(overrides)
+
+
 def config_changes(cfg: DictConfig, run_dir: Path) -> dict[str, tuple[Any, Any]]:
     """key -> (value the run has, value asked for), for every setting that would change the
-    run; raises ConfigChangeError when there are some and they are not allowed."""
+    run; raises ConfigChangeError when there are some and they are not allowed.
+
+    Both sides are composed by today's code (the run's overrides, and `cfg`), so a default
+    that changed since the run started is not taken for a change of the run.
+    """
     if not is_resumable(run_dir):
         return {}
-    path = run_dir / HYDRA_DIR / "config.yaml"
-    old = _flat(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+    path = run_dir / HYDRA_DIR / "overrides.yaml"
+    first = [o for o in (OmegaConf.load(path) if path.is_file() else [])
+             if not _key(o).startswith("hydra.")]
+    old = _flat(OmegaConf.to_container(_compose(first), resolve=False))
     new = _flat(OmegaConf.to_container(cfg, resolve=False))
     changes = {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
                if old.get(k) != new.get(k) and not k.startswith(FREE)}
@@ -78,9 +96,10 @@ def config_changes(cfg: DictConfig, run_dir: Path) -> dict[str, tuple[Any, Any]]
         listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
         raise ConfigChangeError(
             f"{run_dir} was started with another config ({listed}); a resumed run keeps its "
-            f"own config ({path}). Drop these overrides to resume it as it was, use a new "
-            "hydra.run.dir for a new run, or add training.allow_config_change=true to change "
-            f"the run deliberately (recorded in {run_dir / HYDRA_DIR / 'changes.yaml'}).")
+            f"own config ({run_dir / HYDRA_DIR / 'config.yaml'}). Drop these overrides to "
+            "resume it as it was, use a new hydra.run.dir for a new run, or add "
+            "training.allow_config_change=true to change the run deliberately (recorded in "
+            f"{run_dir / HYDRA_DIR / 'changes.yaml'}).")
     return changes
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import string
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 SHARED_TOKENIZERS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tokenizers"
 
@@ -128,6 +128,27 @@ def _gpt2() -> JsonTokenizer:
                              "gpt2 tokenizer.json, or go online so transformers can fetch 'gpt2'"
                              ) from err
     return JsonTokenizer(hub.backend_tokenizer, "hub:gpt2", **GPT2_SPECIALS)
+
+
+def tokenizer_name(setting: str, task_default: str | None, backbone_text: str | None) -> str:
+    """What `data.tokenizer` means: a name, or `auto` = the task's own choice (characters for
+    multiplication), else, for natural language, the backbone's pretrained tokenizer
+    (`backbone.text_tokenizer`: gpt2 for SEDD, owt2 for Plaid), which pretrained weights need."""
+    if setting != "auto":
+        return setting
+    name = task_default or backbone_text
+    if name is None:
+        raise TokenizerError("data.tokenizer=auto: this backbone names no text_tokenizer; set "
+                             "data.tokenizer=char|symbols|owt2|gpt2|PATH.json")
+    return name
+
+
+def run_tokenizer_name(cfg: Any) -> str:
+    """The tokenizer name a run config (`data.tokenizer`, `data.task`, `backbone`) stands for."""
+    from dot.tasks import get_task
+
+    return tokenizer_name(cfg.data.tokenizer, get_task(cfg.data.task).tokenizer,
+                          cfg.backbone.get("text_tokenizer"))
 
 
 def load_tokenizer(name: str, digits: bool = False) -> Tokenizer:

@@ -36,7 +36,7 @@ from dot.resume import config_changes, record_changes
 from dot.rng import RowRandom, seed_key
 from dot.sharded import save_sharded
 from dot.tasks import Example, Task, get_task
-from dot.tokenization import load_tokenizer
+from dot.tokenization import load_tokenizer, run_tokenizer_name
 
 log = logging.getLogger("dot")
 
@@ -149,7 +149,7 @@ class Trainer:
         self.micro = tcfg.batch_size // chunks
         torch.manual_seed(cfg.seed)  # identical initial weights on every process
 
-        self.tokenizer = load_tokenizer(cfg.data.tokenizer, digits=cfg.data.digit)
+        self.tokenizer = load_tokenizer(run_tokenizer_name(cfg), digits=cfg.data.digit)
         self.task: Task = get_task(cfg.data.task)
         train, src = load_split(self.task, "train", cfg.data.train, n_train=cfg.data.n_train,
                                 seed=cfg.seed)

@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from dot.decoding import cut_generated
 from dot.results import read_records
-from dot.tokenization import Tokenizer, load_tokenizer
+from dot.tokenization import Tokenizer, load_tokenizer, run_tokenizer_name
 
 MASK_TEXT = "_"
 # kind -> (text colour, background colour or None)
@@ -215,14 +215,18 @@ def find_run(results: Path) -> Path | None:
 
 
 def run_data_config(run: Path | None) -> dict[str, Any]:
-    """The `data` section of a run's Hydra config ({} without a run)."""
+    """The `data` section of a run's Hydra config, tokenizer resolved ({} without a run)."""
     if run is None:
         return {}
     from omegaconf import OmegaConf
     path = Path(run) / ".hydra" / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"--run {run}: no .hydra/config.yaml (not a finetune.py run folder)")
-    return dict(OmegaConf.to_container(OmegaConf.load(path)).get("data", {}))
+    cfg = OmegaConf.load(path)
+    data = dict(OmegaConf.to_container(cfg).get("data", {}))
+    if data.get("tokenizer") == "auto":
+        data["tokenizer"] = run_tokenizer_name(cfg)
+    return data
 
 
 def is_multipass(results: Path, record: dict[str, Any], data: dict[str, Any]) -> bool:

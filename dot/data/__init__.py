@@ -12,6 +12,7 @@ from pathlib import Path
 from dot.data.readers import DataFormatError, read_examples
 from dot.tasks import Example, Multiplication, Task
 from dot.tasks.multiplication import parse_operands
+from dot.tasks.word_problems import WordProblems
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DATA_ROOT = PROJECT_ROOT / "data"
@@ -60,6 +61,36 @@ def generated_lines(task: Multiplication, split: str, n_train: int, seed: int,
     return task.generate(min(n_train, pairs - len(held_out)), seed, exclude=held_out)
 
 
+def word_problem_lines(task: WordProblems, split: str, n_train: int, seed: int,
+                       root: Path = DATA_ROOT) -> list[str]:
+    """Lines of a generated `gsm8k_toy` split (500 for valid / test); training lines never
+    repeat a question of the evaluation splits."""
+    if split != "train":
+        return task.generate(500, _EVAL_SEEDS[split])
+    held_out = set()
+    for other in ("valid", "test"):
+        path = find_split_file(task, other, root)
+        held_out.update([e.source for e in read_examples(path, task)] if path else
+                        [line.split("||")[0] for line in word_problem_lines(task, other, 0, 0, root)])
+    return task.generate(n_train, seed, exclude=held_out)
+
+
+def _missing(task: Task, split: str, root: Path) -> str:
+    """What to do about a split that is not here: the upstream file with its size and sha256."""
+    from dot.data.fetch import FILES
+
+    where = root / task.data_dir / f"{split}.txt"
+    upstream = next((u for u in FILES.get(task.data_dir, []) if u.split == split), None)
+    if upstream is None:
+        return f"no {split} split for task {task.name}: put it at {where} or set data.{split}=PATH"
+    hint = (" To try the GSM8K workflow offline, data.task=gsm8k_toy (`bash run_train.sh "
+            "cpu-gsm8k-toy`) generates GSM8K-format word problems." if task.name == "gsm8k" else "")
+    return (f"no {split} split for task {task.name} here: put the upstream {upstream.path} "
+            f"({upstream.size:,} bytes, sha256 {upstream.sha256}) at {where}, run `python -m "
+            f"dot.data fetch {task.data_dir}` where the network allows, or set "
+            f"data.{split}=PATH.{hint}")
+
+
 def load_split(task: Task, split: str, path: str | Path | None = None, *, n_train: int = 100_000,
                seed: int = 0, root: Path = DATA_ROOT) -> tuple[list[Example], str]:
     """Examples of a split and a description of where they came from."""
@@ -74,6 +105,8 @@ def load_split(task: Task, split: str, path: str | Path | None = None, *, n_trai
         lines = generated_lines(task, split, n_train, seed, root)
         return ([task.make_example(i, *line.split("||")) for i, line in enumerate(lines)],
                 f"generated {task.name} {split} ({len(lines)} lines)")
-    raise FileNotFoundError(
-        f"no {split} split for task {task.name}: looked for {root / task.data_dir}/{split}.txt; "
-        f"run `python -m dot.data fetch {task.data_dir}` or set data.{split}=PATH")
+    if isinstance(task, WordProblems):
+        lines = word_problem_lines(task, split, n_train, seed, root)
+        return ([task.make_example(i, *line.split("||")) for i, line in enumerate(lines)],
+                f"generated {task.name} {split} ({len(lines)} lines)")
+    raise FileNotFoundError(_missing(task, split, root))

@@ -25,6 +25,9 @@ class Task(abc.ABC):
     name: str
     # Directory name under data/ (e.g. '4by4').
     data_dir: str
+    # What data.tokenizer=auto picks: a tokenizer name, or None for natural language (the
+    # backbone's own pretrained tokenizer, backbone.text_tokenizer).
+    tokenizer: str | None = None
 
     def make_example(self, task_id: int, source: str, target: str) -> Example:
         """Build an Example from the two halves of a data line (validated by the reader)."""

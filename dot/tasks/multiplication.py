@@ -64,6 +64,8 @@ def sample_pairs(a_digits: int, b_digits: int, n: int, seed: int,
 class Multiplication(Task):
     """n-digit by m-digit multiplication; `4by4`/`5by5` are the paper's data sets."""
 
+    tokenizer = "char"  # one token per digit and space
+
     def __init__(self, a_digits: int, b_digits: int, name: str | None = None):
         self.a_digits, self.b_digits = a_digits, b_digits
         self.name = name or f"mult{a_digits}x{b_digits}"
