@@ -134,6 +134,11 @@ def test_backbone_specific_flags_are_rejected_by_name(runs, capsys):
     assert evaluation_batch.main(["--weights_path", str(made["sedd"]), "--score_temp", "0.5"]) == 2
     err = capsys.readouterr().err
     assert "--score_temp does not apply to the sedd backbone" in err
+    for flags in (["--dpm_solver"], ["--predictor", "ancestral"]):  # Plaid's samplers on SEDD
+        assert evaluation_batch.main(["--weights_path", str(made["sedd"]), "--limit", "1",
+                                      "--no_progress", *flags]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "unknown predictor" in err[0] and "analytic" in err[0]
 
 
 def test_defaults_use_the_newest_run_and_cal_acc_scores_it(runs, capsys, monkeypatch):
