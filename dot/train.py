@@ -28,6 +28,7 @@ from dot import distributed
 from dot.backbone import Backbone, Batch, backbone_class
 from dot.checkpoint import FORMAT, META, load_checkpoint, save_atomic
 from dot.collate import collate
+from dot.config import check_config
 from dot.data import load_split
 from dot.ema import EMA
 from dot.evaluate import evaluate, format_summary, result_name
@@ -59,6 +60,17 @@ def lr_factor(step: int, opt: DictConfig, n_iters: int, time_used: float = 0.0) 
     if opt.decay != "none":
         raise ValueError(f"optim.decay={opt.decay!r}: use none, linear or cosine")
     return warm
+
+
+class NonFiniteLossError(ValueError):
+    """The loss or the gradient norm stopped being a finite number: the run stops before the
+    update, so the saved checkpoints stay clean."""
+
+    def __init__(self, step: int, loss: float, grad_norm: float, lr: float):
+        super().__init__(
+            f"training stopped at step {step}: loss {loss}, gradient norm {grad_norm} (not "
+            f"finite); the weights were not updated. Lower optim.lr (now {lr}), check the data, "
+            f"or resume from the last checkpoint ({META}) with other settings")
 
 
 class TrainingInterrupted(Exception):
@@ -130,6 +142,7 @@ class Trainer:
     """Builds data, backbone, optimizer and EMA from a config, then runs or resumes training."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path):
+        check_config(cfg)
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.ctx = distributed.setup(cfg.device)
         tcfg = cfg.training
@@ -297,6 +310,8 @@ class Trainer:
         metrics = {k: v / self.ctx.world_size for k, v in zip(names, values.tolist())}
         total = values[-1]
         grad_norm = self.clipper(self.params, self.step, self.engine.grad_norm(self.params))
+        if not (math.isfinite(total.item()) and math.isfinite(grad_norm)):
+            raise NonFiniteLossError(self.step, total.item(), grad_norm, self.cfg.optim.lr)
         time_used = self.time_used if self.cfg.optim.get("decay_over_budget", True) else 0.0
         factor = lr_factor(self.step, self.cfg.optim, self.cfg.training.n_iters, time_used)
         for g in self.optimizer.param_groups:

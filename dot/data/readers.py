@@ -3,6 +3,10 @@
 * DoT text (`question||rationale #### answer`, one per line). Lines are split on '\\n' only:
   GSM8K questions can contain U+2028, which `str.splitlines()` would wrongly break on.
 * dot-sedd jsonl (`{"src", "rationales", "trg"}` per line).
+
+Files must be UTF-8 (a leading byte-order mark is dropped); every line is also checked by its
+task (`Task.check_line`: multiplication operands and answer, a numeric GSM8K answer), and an
+error names the file and its 1-based line.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ class DataFormatError(ValueError):
     pass
 
 
-def _check_line(path: Path, lineno: int, line: str) -> tuple[str, str]:
+def _check_line(path: Path, lineno: int, line: str, task: Task) -> tuple[str, str]:
     where = f"{path}:{lineno}"
     if "\r" in line:
         raise DataFormatError(f"{where}: carriage return in line; convert the file to '\\n' line ends")
@@ -29,6 +33,9 @@ def _check_line(path: Path, lineno: int, line: str) -> tuple[str, str]:
                               f"{target.count('####')}: {line[:80]!r}")
     if not target.split("####")[1].strip():
         raise DataFormatError(f"{where}: empty answer after '####': {line[:80]!r}")
+    problem = task.check_line(source, target)
+    if problem:
+        raise DataFormatError(f"{where}: {problem} (a {task.name} line): {line[:80]!r}")
     return source, target
 
 
@@ -42,7 +49,7 @@ def read_dot_text(path: str | Path, task: Task) -> list[Example]:
     for i, line in enumerate(lines):
         if not line.strip():
             raise DataFormatError(f"{path}:{i + 1}: blank line; remove it")
-        examples.append(task.make_example(i, *_check_line(path, i + 1, line)))
+        examples.append(task.make_example(i, *_check_line(path, i + 1, line, task)))
     return _non_empty(path, examples)
 
 
@@ -53,13 +60,24 @@ def read_dot_jsonl(path: str | Path, task: Task) -> list[Example]:
     for i, line in enumerate(_read(path).split("\n")):
         if not line.strip():
             continue
+        where = f"{path}:{i + 1}"
         try:
             row = json.loads(line)
             src, rationales, trg = row["src"], row["rationales"], row["trg"]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise DataFormatError(f"{path}:{i + 1}: not a JSON object with keys src, rationales, "
+            raise DataFormatError(f"{where}: not a JSON object with keys src, rationales, "
                                   f"trg ({err})") from None
+        if not isinstance(src, str) or not src.strip():
+            raise DataFormatError(f"{where}: 'src' must be a non-empty string, got {src!r}")
+        if not isinstance(rationales, str):
+            raise DataFormatError(f"{where}: 'rationales' must be a string, got {rationales!r}")
+        if isinstance(trg, bool) or not isinstance(trg, (str, int, float)) or not str(trg).strip():
+            raise DataFormatError(f"{where}: 'trg' must be a non-empty string or number, got "
+                                  f"{trg!r}")
         target = (rationales + " " if rationales else " ") + "#### " + str(trg)
+        problem = task.check_line(src, target)
+        if problem:
+            raise DataFormatError(f"{where}: {problem} (a {task.name} line)")
         examples.append(task.make_example(len(examples), src, target))
     return _non_empty(path, examples)
 
@@ -74,7 +92,14 @@ def _read(path: Path) -> str:
         raise FileNotFoundError(f"data file {path} not found; run `python -m dot.data fetch "
                                 f"<task>` or `python -m dot.data make-mult`, or set data.train/"
                                 f"data.valid/data.test")
-    return path.read_text(encoding="utf-8")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise DataFormatError(f"{path}:{line}: not UTF-8 (byte {data[err.start]:#04x}); save the "
+                              "file as UTF-8") from None
+    return text.removeprefix("\ufeff")  # a byte-order mark some editors write
 
 
 def _non_empty(path: Path, examples: list[Example]) -> list[Example]:

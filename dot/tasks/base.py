@@ -38,6 +38,10 @@ class Task(abc.ABC):
     def prompt(self, source: str) -> str:
         return source
 
+    def check_line(self, source: str, target: str) -> str | None:
+        """What is wrong with a data line of this task (None: nothing); readers name the line."""
+        return None
+
     @abc.abstractmethod
     def thoughts(self, target: str) -> list[str]:
         """Cut `rationale #### answer` into the reasoning steps DoT-MP generates one by one."""

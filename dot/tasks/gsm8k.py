@@ -29,6 +29,12 @@ class GSM8K(Task):
     name = "gsm8k"
     data_dir = "gsm8k"
 
+    def check_line(self, source: str, target: str) -> str | None:
+        answer = target.split("####", 1)[1]
+        if not _NUMBER.match(normalise_number(answer)):
+            return f"the answer {answer.strip()!r} is not a number"
+        return None
+
     def thoughts(self, target: str) -> list[str]:
         # One equation per thought; the last equation keeps '#### answer'. Every thought starts
         # with a space, so their concatenation is ' ' + target.

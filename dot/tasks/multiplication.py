@@ -35,6 +35,12 @@ def format_example(a: int, b: int, a_digits: int, b_digits: int) -> str:
     return f"{render(a, n)} * {render(b, m)}||{' + '.join(steps)} #### {render(a * b, n + m)}"
 
 
+def _digits(text: str, width: int) -> bool:
+    """`text` is `width` single digits separated by single spaces."""
+    parts = text.split(" ")
+    return len(parts) == width and all(len(p) == 1 and p in "0123456789" for p in parts)
+
+
 def parse_operands(source: str) -> tuple[int, int]:
     """Operands of a source `R(A) * R(B)` (inverse of `render`)."""
     left, right = source.split(" * ")
@@ -65,6 +71,20 @@ class Multiplication(Task):
     """n-digit by m-digit multiplication; `4by4`/`5by5` are the paper's data sets."""
 
     tokenizer = "char"  # one token per digit and space
+
+    def check_line(self, source: str, target: str) -> str | None:
+        n, m = self.a_digits, self.b_digits
+        operands = source.split(" * ")
+        if len(operands) != 2 or not all(_digits(x, k) for x, k in zip(operands, (n, m))):
+            return (f"the question must be two operands of {n} and {m} digits, least "
+                    f"significant first, space separated, joined by ' * '")
+        answer = target.split("####", 1)[1].strip()
+        if not _digits(answer, n + m):
+            return f"the answer must be {n + m} space-separated digits"
+        a, b = parse_operands(source)
+        if int("".join(reversed(answer.split()))) != a * b:
+            return f"the answer is not {a} * {b} = {a * b}"
+        return None
 
     def __init__(self, a_digits: int, b_digits: int, name: str | None = None):
         self.a_digits, self.b_digits = a_digits, b_digits
