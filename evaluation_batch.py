@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from dot import distributed
-from dot.checkpoint import CheckpointError, latest_run, run_checkpoint, snapshot_step
+from dot.checkpoint import HUB_ID, CheckpointError, latest_run, run_checkpoint, snapshot_step
 from dot.data import load_split
 from dot.evaluate import evaluate, format_summary, result_name
 from dot.loading import load_for_eval
@@ -103,6 +103,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, flag)
         if value is not None and not value > 0:
             p.error(f"--{flag} must be > 0, got {value}")
+    if args.dataset is not None:
+        try:
+            get_task(args.dataset)
+        except ValueError as err:
+            p.error(f"--dataset: {err}")
+    if args.data_path is not None and not Path(args.data_path).is_file():
+        p.error(f"--data_path {args.data_path}: no such file")
+    if args.weights_path is not None and not Path(args.weights_path).exists() and \
+            not HUB_ID.match(args.weights_path):
+        p.error(f"--weights_path {args.weights_path}: no such file or folder (nor a hub id "
+                "owner/name)")
     return args
 
 

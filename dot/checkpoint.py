@@ -11,6 +11,7 @@ Checkpoints are dicts `{"format": "dot-run-v1", "backbone", "step", "seq_len", "
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,34 @@ META = Path("checkpoints-meta") / "checkpoint.pth"
 RUNS_ROOT = Path("exp_local")
 
 
-class CheckpointError(RuntimeError):
-    pass
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, as on the Hugging Face hub
+
+
+class CheckpointError(ValueError):
+    """Weights or a checkpoint that cannot be loaded: the file, what was found, what to do.
+    The one error type of every loader (ours and the backbones')."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint or weights file that does not exist."""
+
+
+def read_tensors(path: str | Path, device: str | torch.device = "cpu") -> Any:
+    """`torch.load(weights_only=True)` of an untrusted file, or a `.safetensors` file; any
+    failure (missing, truncated, corrupt, code-executing pickle) is a CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"{path} not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(path, device=str(device))
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # corrupt or truncated file, unsafe pickle, not a torch file
+        raise CheckpointError(f"cannot read {path}: {type(err).__name__}: {str(err)[:200]}; the "
+                              "file is damaged or not a weights file (re-download or re-save "
+                              "it)") from None
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
@@ -43,14 +70,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     """A checkpoint file; a sharded one (`dot.sharded`) comes back with full tensors, or with
     this process's shards when `rank_of` = (rank, world size) matches its writers."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # corrupt file or unsafe pickle
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}; the file is damaged or "
-                              "not a torch checkpoint") from err
-    if isinstance(state, dict) and "shards" in state:
+    state = read_tensors(path, device)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a checkpoint dict")
+    if "shards" in state:
         from dot.sharded import resolve
         return resolve(state, path, device, rank_of)
     return state

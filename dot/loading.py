@@ -2,18 +2,14 @@
 (SEDD hub ids / hub-layout folders / official run folders; Plaid's four-file folders)."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dot.backbone import Backbone, backbone_class
-from dot.checkpoint import (FORMAT, META, CheckpointError, is_run_dir, load_checkpoint, load_run,
-                            run_checkpoint)
-
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, as on the Hugging Face hub
+from dot.checkpoint import (FORMAT, HUB_ID, META, CheckpointError, is_run_dir, load_checkpoint,
+                            load_run, run_checkpoint)
 
 
 def detect_backbone(path: str) -> str:

@@ -6,13 +6,13 @@ Official files are scored with our GSM8K normalisation, which accepts the answer
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from dot.results import ResultsError, read_lines
 from dot.scoring import sc_table
 from dot.tasks import get_task
 from dot.tasks.gsm8k import normalise_number
@@ -64,17 +64,52 @@ def score_ours(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "official_accuracy": None, "sc": sc_table(by_example.values(), runs) if runs > 1 else {}}
 
 
+OURS = ("task", "task_id", "run", "gold", "prediction")  # what scoring reads of our records
+OFFICIAL = ("recover", "source")
+
+
 def score_file(path: str | Path) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    if not rows:
-        raise ValueError(f"{path}: no result lines")
-    if "recover" in rows[0] and "source" in rows[0]:
-        return score_official(rows)
-    if "prediction" in rows[0] and "gold" in rows[0]:
-        return score_ours(rows)
-    raise ValueError(f"{path}: neither dot results (prediction, gold, ...) nor dot-sedd output "
-                     f"(recover, source); keys are {sorted(rows[0])}")
+    """Score one results file, ours or official, after checking every row it scores."""
+    lines = read_lines(path)
+    if not lines:
+        raise ResultsError(f"{path}: no result lines")
+    first = lines[0][1]
+    keys = OFFICIAL if all(k in first for k in OFFICIAL) else OURS if all(
+        k in first for k in ("prediction", "gold")) else None
+    if keys is None:
+        raise ResultsError(f"{path}: neither dot results (prediction, gold, ...) nor dot-sedd "
+                           f"output (recover, source); keys are {sorted(first)}")
+    for number, row in lines:
+        missing = [k for k in keys if k not in row]
+        if missing:
+            raise ResultsError(f"{path}:{number}: lacks {', '.join(missing)}")
+        problem = _row_problem(row, keys is OFFICIAL)
+        if problem:
+            raise ResultsError(f"{path}:{number}: {problem}")
+    rows = [row for _, row in lines]
+    return score_official(rows) if keys is OFFICIAL else score_ours(rows)
+
+
+def _row_problem(row: dict[str, Any], official: bool) -> str | None:
+    """Why a row cannot be scored (None: it can)."""
+    if official:
+        if not all(isinstance(row[k], str) for k in OFFICIAL):
+            return "'recover' and 'source' must be strings"
+        gold = _official_answer(_official_piece(row["source"]), False)
+        if gold is None or not get_task("gsm8k").is_answer(gold):
+            return "no numeric gold answer after '####' in 'source'"
+        return None
+    if not isinstance(row["prediction"], str) or not isinstance(row["gold"], str):
+        return "'prediction' and 'gold' must be strings"
+    if not isinstance(row["run"], int) or isinstance(row["run"], bool) or row["run"] < 0:
+        return f"'run' must be an integer >= 0, got {row['run']!r}"
+    try:
+        task = get_task(row["task"])
+    except ValueError as err:
+        return str(err)
+    if not task.is_answer(row["gold"]):
+        return f"gold answer {row['gold']!r} is not a {task.name} answer"
+    return None
 
 
 def natural_key(path: Path) -> list[str | int]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from dot.checkpoint import CheckpointError, read_tensors
 from plaid.embedding import EmbeddingMatrix
 from plaid.model import DiffusionModel
 from plaid.schedule import GammaBounds, NoiseSchedule
@@ -22,8 +23,8 @@ MODULE_NAMES = ("noise_schedule", "gamma_bounds", "embedding_matrix", "model")
 EMA_INIT = 1e-8  # initial value of the five reconstruction-split EMAs (spec §5.2)
 
 
-class WeightsError(ValueError):
-    pass
+class WeightsError(CheckpointError):
+    """Plaid weights that do not fit the model (the project's CheckpointError)."""
 
 
 class Plaid(nn.Module):
@@ -83,8 +84,12 @@ def read_state_dicts(path: str | os.PathLike) -> dict[str, dict[str, Tensor]]:
     if missing:
         raise WeightsError(f"Plaid weights folder {folder} lacks {', '.join(missing)} (expected "
                            f"{', '.join(n + '.pt' for n in MODULE_NAMES)})")
-    return {name: torch.load(folder / f"{name}.pt", map_location="cpu", weights_only=True)
-            for name in MODULE_NAMES}
+    states = {name: read_tensors(folder / f"{name}.pt") for name in MODULE_NAMES}
+    for name, state in states.items():
+        if not (isinstance(state, dict) and all(isinstance(v, Tensor) for v in state.values())):
+            raise WeightsError(f"{folder / (name + '.pt')}: expected a state dict (name -> "
+                               f"tensor), found a {type(state).__name__}")
+    return states
 
 
 def _dims(state_dicts: dict[str, dict[str, Tensor]]) -> dict[str, int]:

@@ -17,26 +17,21 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 
+from dot.checkpoint import HUB_ID, META, CheckpointError, load_checkpoint, read_tensors
 from sedd_backend.graph import Graph, get_graph
 from sedd_backend.model import DDiT, build_model
 from sedd_backend.noise import Noise, get_noise
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # in order of preference
 RUN_CONFIG = Path(".hydra") / "config.yaml"
-RUN_CHECKPOINT = Path("checkpoints-meta") / "checkpoint.pth"
+RUN_CHECKPOINT = META
 OPTIONAL_KEYS = frozenset({"rotary_emb.inv_freq"})
-HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-
-
-class CheckpointError(ValueError):
-    """A model source that cannot be loaded, with what was found and what to do."""
 
 
 def load_model(path_or_hub_id: str | os.PathLike, device: torch.device | str = "cpu"
@@ -44,7 +39,7 @@ def load_model(path_or_hub_id: str | os.PathLike, device: torch.device | str = "
     """(model in eval mode on `device`, graph, noise) from a folder or a hub id."""
     folder = _resolve(str(path_or_hub_id))
     if (folder / "config.json").is_file() and any((folder / f).is_file() for f in WEIGHT_FILES):
-        cfg = json.loads((folder / "config.json").read_text())
+        cfg = _read_json(folder / "config.json")
         weights = next(folder / f for f in WEIGHT_FILES if (folder / f).is_file())
         model, graph, noise = _build(cfg, folder / "config.json")
         _load_strict(model, _read_weights(weights), weights)
@@ -114,18 +109,29 @@ def _build(cfg: Mapping[str, Any], config_file: Path) -> tuple[DDiT, Graph, Nois
                               "cond_dim, n_heads, n_blocks, dropout, scale_by_sigma") from err
 
 
-def _read_weights(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err}); re-download the model "
+                              "folder") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(cfg).__name__}")
+    return cfg
 
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+
+def _read_weights(path: Path) -> dict[str, Tensor]:
+    state = read_tensors(path)
+    if not (isinstance(state, Mapping) and all(isinstance(v, Tensor) for v in state.values())):
+        raise CheckpointError(f"{path}: expected a state dict (parameter name -> tensor), found "
+                              f"a {type(state).__name__}; save model.state_dict()")
+    return dict(state)
 
 
 def _run_state(model: DDiT, path: Path) -> dict[str, Tensor]:
     """The checkpoint's model state dict with its EMA shadow weights in place of the parameters."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
+    ckpt = load_checkpoint(path)
+    if "model" not in ckpt:
         raise CheckpointError(f"{path}: not a training checkpoint (no 'model' entry)")
     if ckpt.get("backbone", "sedd") != "sedd":
         raise CheckpointError(f"{path}: this run trained backbone {ckpt['backbone']!r}, not sedd; "

@@ -1,11 +1,17 @@
 """A corpus of bad inputs, each made here from a good one: every reader, loader and config
 check gives one error of the documented class that names the file (and line) or key."""
 import json
+import re
 
 import pytest
+import torch
+from omegaconf import OmegaConf
 
+from dot.checkpoint import CheckpointError, load_checkpoint
 from dot.config import ConfigError, check_config, compose_config
 from dot.data import DataFormatError, read_examples
+from dot.results import ResultsError
+from dot.score_files import score_file
 from dot.tasks import format_example, get_task
 from dot.train import NonFiniteLossError, Trainer
 
@@ -102,3 +108,101 @@ def test_a_loss_that_turns_non_finite_stops_the_run_with_its_step(tmp_path):
         trainer.run()
     assert "optim.lr (now 1e+30)" in str(info.value)
     assert 1 < trainer.step < 50
+
+
+# ------------------------------------------------------------------ checkpoints and weights
+class Exploit:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def _hub(tmp_path, weights="model.safetensors"):
+    from test_sedd_load import hub_folder, random_state
+
+    return hub_folder(tmp_path / "hub", random_state(0), weights=weights)
+
+
+@pytest.mark.parametrize("damage, name, message", [
+    (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:200]),
+     "model.safetensors", "cannot read"),
+    (lambda d: (d / "config.json").write_text('{"tokens": 30,'), "config.json", "not valid JSON"),
+    (lambda d: (d / "model.safetensors").unlink() or torch.save([torch.zeros(2)],
+                                                               d / "pytorch_model.bin"),
+     "pytorch_model.bin", "expected a state dict"),
+    (lambda d: (d / "model.safetensors").unlink() or torch.save({"w": Exploit()},
+                                                               d / "pytorch_model.bin"),
+     "pytorch_model.bin", "cannot read"),
+])
+def test_damaged_sedd_folder_names_the_file(tmp_path, capsys, damage, name, message):
+    from sedd_backend import load_model
+
+    folder = _hub(tmp_path)
+    damage(folder)
+    with pytest.raises(CheckpointError) as info:
+        load_model(folder)
+    assert str(folder / name) in str(info.value) and message in str(info.value)
+    assert "code ran" not in capsys.readouterr().out  # a code-executing pickle is refused
+
+
+def test_truncated_run_checkpoint_is_one_line_in_the_cli(tmp_path, capsys):
+    import evaluation_batch
+
+    cfg = compose_config(["backbone=ar", "data.task=mult2x2", "training.batch_size=8",
+                          "model.hidden_size=32", "model.n_blocks=1", "device=cpu"])
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.train_step()
+    trainer.save()
+    (tmp_path / "run" / ".hydra").mkdir()
+    OmegaConf.save(cfg, tmp_path / "run" / ".hydra" / "config.yaml")
+    meta = tmp_path / "run" / "checkpoints-meta" / "checkpoint.pth"
+    meta.write_bytes(meta.read_bytes()[:1000])
+    assert evaluation_batch.main(["--weights_path", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(meta) in err[0] and "damaged" in err[0]
+
+
+def test_missing_checkpoint_is_a_file_not_found_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint.pth not found"):
+        load_checkpoint(tmp_path / "checkpoint.pth")
+
+
+def test_damaged_plaid_module_file_names_it(tmp_path):
+    from plaid.weights import WeightsError, read_state_dicts
+
+    for name in ("noise_schedule", "gamma_bounds", "embedding_matrix", "model"):
+        torch.save({"w": torch.zeros(1)}, tmp_path / f"{name}.pt")
+    (tmp_path / "model.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(CheckpointError, match=r"model\.pt"):
+        read_state_dicts(tmp_path)
+    torch.save({"w": torch.zeros(1)}, tmp_path / "model.pt")
+    torch.save([torch.zeros(1)], tmp_path / "gamma_bounds.pt")
+    with pytest.raises(WeightsError, match=r"gamma_bounds\.pt: expected a state dict"):
+        read_state_dicts(tmp_path)
+
+
+# ------------------------------------------------------------------ results files
+def _ours(**over):
+    row = dict(task="gsm8k", task_id=0, run=0, question="q", gold="7", prediction=" #### 7",
+               answer="7", correct=True, nfe=1, seconds=0.1)
+    return json.dumps({**row, **over})
+
+
+@pytest.mark.parametrize("lines, message", [
+    ([_ours(), _ours(task_id=1)[:-9]], ":2: not a JSON line"),
+    ([_ours(), json.dumps({"task": "gsm8k", "run": 0, "gold": "1", "prediction": "x"})],
+     ":2: lacks task_id"),
+    ([_ours(gold="seven")], ":1: gold answer 'seven' is not a gsm8k answer"),
+    ([_ours(run="0")], ":1: 'run' must be an integer"),
+    ([json.dumps({"recover": "q<|endoftext|>||#### 1<|endoftext|>",
+                  "source": "q<|endoftext|>||#### one<|endoftext|>"})],
+     ":1: no numeric gold answer"),
+])
+def test_bad_result_rows_name_file_and_line(tmp_path, capsys, lines, message):
+    import cal_acc_gsm
+
+    path = write(tmp_path, "test-T1.jsonl", "\n".join(lines) + "\n")
+    with pytest.raises(ResultsError, match=re.escape(f"{path}{message}")):
+        score_file(path)
+    assert cal_acc_gsm.main([str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")

@@ -122,11 +122,20 @@ def test_per_thought_writes_one_row_per_thought_and_needs_multipass(runs, capsys
     (["--runs", "-1"], "--runs must be >= 1"),
     (["--threshold", "1.5"], "--threshold must be in (0, 1]"),
     (["--score_temp", "0"], "--score_temp must be > 0"),
+    (["--dataset", "6by6x"], "--dataset: unknown task '6by6x'"),
+    (["--data_path", "/nonexistent/test.txt"], "--data_path /nonexistent/test.txt: no such file"),
 ])
 def test_bad_flags_fail_before_any_model_is_loaded(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        evaluation_batch.main(["--weights_path", "/nonexistent/run", *argv])
+        evaluation_batch.main(["--weights_path", "owner/not-downloaded", *argv])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_missing_weights_path_is_named_before_anything_loads(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluation_batch.main(["--weights_path", "/nonexistent/run"])
+    assert exit_info.value.code == 2
+    assert "--weights_path /nonexistent/run: no such file or folder" in capsys.readouterr().err
 
 
 def test_backbone_specific_flags_are_rejected_by_name(runs, capsys):

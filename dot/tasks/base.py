@@ -42,6 +42,10 @@ class Task(abc.ABC):
         """What is wrong with a data line of this task (None: nothing); readers name the line."""
         return None
 
+    def is_answer(self, gold: str) -> bool:
+        """Whether a normalised gold answer (a results file's `gold`) is one of this task's."""
+        return bool(gold.strip())
+
     @abc.abstractmethod
     def thoughts(self, target: str) -> list[str]:
         """Cut `rationale #### answer` into the reasoning steps DoT-MP generates one by one."""

@@ -31,9 +31,12 @@ class GSM8K(Task):
 
     def check_line(self, source: str, target: str) -> str | None:
         answer = target.split("####", 1)[1]
-        if not _NUMBER.match(normalise_number(answer)):
+        if not self.is_answer(answer):
             return f"the answer {answer.strip()!r} is not a number"
         return None
+
+    def is_answer(self, gold: str) -> bool:
+        return bool(_NUMBER.match(normalise_number(gold)))
 
     def thoughts(self, target: str) -> list[str]:
         # One equation per thought; the last equation keeps '#### answer'. Every thought starts

@@ -109,6 +109,9 @@ class Multiplication(Task):
     def gold_answer(self, example: Example) -> str:
         return " ".join(example.answer.split())
 
+    def is_answer(self, gold: str) -> bool:
+        return _digits(gold, self.a_digits + self.b_digits)
+
     def is_final_thought(self, thought: str) -> bool:
         stripped = thought.strip()
         return bool(stripped) and not stripped.endswith(("+", "="))
