@@ -15,6 +15,7 @@ decodes its share of the batches and process 0 writes the files one process woul
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -118,10 +119,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Errors of the inputs (weights, data, flags the backbone refuses) are one line on
+    stderr and exit code 2; DOT_DEBUG=1 shows the traceback."""
     args = parse_args(argv)
     ctx = distributed.setup(args.device)
     try:
         return run(args, ctx.device, ctx.is_main)
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        if os.environ.get("DOT_DEBUG"):
+            raise
+        if ctx.is_main:
+            print(f"error: {err}", file=sys.stderr)
+        return 2
     finally:
         distributed.teardown()
 
@@ -135,16 +144,12 @@ def run(args: argparse.Namespace, device: torch.device, is_main: bool) -> int:
     options = {k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k) is not None}
     if args.dpm_solver:
         options["predictor"] = "dpm_solver"
-    try:
-        # Without --weights_path: the newest run, of Plaid when a Plaid-only flag is given.
-        plaid_only = args.dpm_solver or args.fix_src or bool(PLAID_FLAGS & set(options))
-        weights = args.weights_path or str(latest_run(backbone="plaid" if plaid_only else None))
-        found = run_checkpoint(weights)
-        backbone, cfg = load_for_eval(weights, device, digit=args.digit, dataset=args.dataset,
-                                      tokenizer=args.tokenizer)
-    except (CheckpointError, FileNotFoundError, ValueError, KeyError) as err:
-        print_main(f"error: {err}", file=sys.stderr)
-        return 2
+    # Without --weights_path: the newest run, of Plaid when a Plaid-only flag is given.
+    plaid_only = args.dpm_solver or args.fix_src or bool(PLAID_FLAGS & set(options))
+    weights = args.weights_path or str(latest_run(backbone="plaid" if plaid_only else None))
+    found = run_checkpoint(weights)
+    backbone, cfg = load_for_eval(weights, device, digit=args.digit, dataset=args.dataset,
+                                  tokenizer=args.tokenizer)
     unknown = sorted(set(options) - backbone.sample_options)
     if args.fix_src and backbone.name != "plaid":
         unknown.append("fix_src")
@@ -195,17 +200,13 @@ def run(args: argparse.Namespace, device: torch.device, is_main: bool) -> int:
                                  source=source, steps=steps)
         print_main(f"results: {path}")
         return 0
-    try:  # a sampler setting the backbone refuses (a bad --threshold...) is one line too
-        summary = evaluate(backbone, task, examples, seq_len=args.seq_len or cfg.seq_len,
-                           steps=steps, out=out, runs=args.runs, seed=args.seed,
-                           multipass=multipass, hidden_thought=cfg.data.get("hidden_thought", False),
-                           max_passes=args.cot_steps or cfg.eval.get("cot_steps", 12),
-                           batch_size=args.batch_size, record_chain=args.save_chain,
-                           progress=not args.no_progress, source_name=source, shard=True,
-                           **options)
-    except ValueError as err:
-        print_main(f"error: {err}", file=sys.stderr)
-        return 2
+    summary = evaluate(backbone, task, examples, seq_len=args.seq_len or cfg.seq_len,
+                       steps=steps, out=out, runs=args.runs, seed=args.seed,
+                       multipass=multipass, hidden_thought=cfg.data.get("hidden_thought", False),
+                       max_passes=args.cot_steps or cfg.eval.get("cot_steps", 12),
+                       batch_size=args.batch_size, record_chain=args.save_chain,
+                       progress=not args.no_progress, source_name=source, shard=True,
+                       **options)
     print_main(format_summary(summary))
     print_main(f"results: {summary['results']}")
     if not is_main:

@@ -8,13 +8,15 @@ from typing import Any
 import torch
 
 from dot.backbone import Backbone, backbone_class
-from dot.checkpoint import (FORMAT, HUB_ID, META, CheckpointError, is_run_dir, load_checkpoint,
-                            load_run, run_checkpoint)
+from dot.checkpoint import (FORMAT, HUB_ID, META, CheckpointError, CheckpointNotFoundError,
+                            is_run_dir, load_checkpoint, load_run, run_checkpoint)
 
 
 def detect_backbone(path: str) -> str:
     """Which backbone's loader understands `path`."""
     p = Path(path)
+    if not p.exists() and not HUB_ID.match(path):
+        raise CheckpointNotFoundError(f"{path} not found (nor a hub id owner/name)")
     if is_run_dir(p):
         state_backbone = load_checkpoint(p / META).get("backbone")
         return state_backbone or "sedd"  # official dot-sedd run folders carry no name

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import re
 import sys
 from collections import defaultdict
@@ -91,7 +92,12 @@ def _save(fig: plt.Figure, out_png: str | Path) -> Path:
     for ax in fig.axes:
         spread_labels(fig, [t for t in ax.texts if isinstance(t, matplotlib.text.Annotation)
                             and t.anncoords == "offset points"])
-    fig.savefig(out, dpi=120)
+    tmp = out.with_name(out.name + f".part{os.getpid()}")
+    try:  # never a half-drawn figure: write beside it, then rename
+        fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".") or "png")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     plt.close(fig)
     return out
 

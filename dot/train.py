@@ -51,7 +51,9 @@ def lr_factor(step: int, opt: DictConfig, n_iters: int, time_used: float = 0.0) 
     if step <= opt.zero_lr_steps:
         return 0.0
     warm = min(1.0, step / opt.warmup) if opt.warmup > 0 else 1.0
-    progress = max((step - opt.warmup) / max(1, n_iters - opt.warmup), time_used)
+    progress = (step - opt.warmup) / max(1, n_iters - opt.warmup)
+    if step > opt.warmup:  # the decay starts after warmup, on the clock too (reproducible warmup)
+        progress = max(progress, time_used)
     progress = min(1.0, max(0.0, progress))
     if opt.decay == "linear":
         return warm * (1.0 - progress)

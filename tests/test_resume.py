@@ -1,6 +1,7 @@
 """finetune.py as a user runs it: resume keeps the run's config, Ctrl-C / SIGTERM save and
 resume, a run shorter than log_freq finishes with its figures, a failed start leaves nothing."""
 import csv
+import random
 import signal
 import subprocess
 import sys
@@ -103,3 +104,32 @@ def test_failed_start_leaves_no_run_folder(tmp_path):
     assert "Traceback" not in result.stderr
     assert str(missing) in result.stderr.strip().splitlines()[-1]
     assert not run.exists()
+
+
+def test_kill_9_at_a_random_point_then_rerun_gives_the_same_losses(tmp_path):
+    common = ["training.n_iters=30", "training.log_freq=1", "training.snapshot_freq_for_preemption=4"]
+    full = finetune(tmp_path / "full", *common)
+    assert full.returncode == 0, full.stderr
+    run = tmp_path / "killed"
+    proc = finetune(run, *common, wait=False)
+    deadline = time.time() + 120
+    while not run.joinpath(*META).is_file():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.02)
+    time.sleep(random.uniform(0.0, 0.3))
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    killed_at = step_of(run)
+    assert proc.returncode == -signal.SIGKILL and killed_at < 30
+    rerun = finetune(run)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"at step {killed_at}" in (run / "finetune.log").read_text()
+
+    def losses(r):
+        return {int(row["step"]): float(row["loss"])
+                for row in csv.DictReader(open(r / "logs" / "metrics.csv"))}
+
+    expected, got = losses(tmp_path / "full"), losses(run)
+    assert sorted(got) == list(range(1, 31))
+    assert [got[s] for s in range(1, 31)] == pytest.approx([expected[s] for s in range(1, 31)],
+                                                           rel=1e-6)
