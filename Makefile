@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: demo test install clean
+.PHONY: demo test test-fast lint install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,14 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) finetune.py
 
-test: install
+test: install lint
 	$(PY) -m pytest -q tests
+
+test-fast: install  # the inner loop: everything but the tests marked slow
+	$(PY) -m pytest -q -m "not slow" tests
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf $(VENV) .pytest_cache

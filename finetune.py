@@ -22,7 +22,6 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-
 _NEW_RUN_DIR = False  # set from the command line: the run folder did not exist before
 
 

@@ -19,10 +19,9 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from _common import RESULTS, machine_line, pick_device, print_table, write_csv
-
 import torch
 
+from _common import RESULTS, machine_line, pick_device, print_table, write_csv
 from dot.checkpoint import CheckpointError
 from dot.data import load_split
 from dot.evaluate import evaluate

@@ -24,12 +24,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from _common import (ALL_BACKBONES, RESULTS, machine_line, pick_device, print_table,
-                     write_csv)
-
 import torch
 from omegaconf import open_dict
 
+from _common import ALL_BACKBONES, RESULTS, machine_line, pick_device, print_table, write_csv
 from dot.backbone import Backbone, backbone_class
 from dot.collate import collate_prompts
 from dot.config import compose_config

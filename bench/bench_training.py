@@ -32,10 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import (ALL_BACKBONES, RESULTS, machine_line, pick_device, print_table,
-                     write_csv)
-
 import torch
+
+from _common import ALL_BACKBONES, RESULTS, machine_line, pick_device, print_table, write_csv
 
 # size name -> model overrides (tiny is configs/model/tiny.yaml as it stands)
 SIZES: dict[str, list[str]] = {

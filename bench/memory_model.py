@@ -26,9 +26,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from _common import print_table
-
 import torch
+
+from _common import print_table
 
 GB = 1e9
 

@@ -15,8 +15,8 @@ generated thought ends at the first PAD (or EOS when the chain is finished).
 from __future__ import annotations
 
 import abc
-import importlib
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
 import torch
@@ -85,6 +85,14 @@ class Backbone(abc.ABC):
     def from_config(cls, cfg: Any, tokenizer: Tokenizer) -> "Backbone":
         """Build the model described by the Hydra config (`cfg.init`: 'scratch' or weights)."""
 
+    # the backbone's own weight layouts, as `load_pretrained` reads them (for error messages)
+    weights_layout: ClassVar[str] = ""
+
+    @classmethod
+    def recognises(cls, path: str) -> bool:
+        """Whether `load_pretrained` reads `path` (a local folder, or an id it can fetch)."""
+        return False
+
     @classmethod
     def load_pretrained(cls, path: str, device: torch.device, *, digit: bool = False,
                         dataset: str | None = None,
@@ -136,18 +144,21 @@ class Backbone(abc.ABC):
         """
 
 
-# name -> "module:Class"; imported lazily so a backbone's dependencies load only when used.
-BACKBONES: dict[str, str] = {
-    "sedd": "sedd_backend.backbone:SEDDBackbone",
-    "plaid": "plaid.backbone:PlaidBackbone",
-    "ar": "dot.ar:ARBackbone",
-}
+ENTRY_POINTS = "dot.backbones"  # the entry-point group every backbone package registers in
+
+
+def backbone_names() -> list[str]:
+    """The registered backbones (`[project.entry-points."dot.backbones"]` of each package)."""
+    return sorted(ep.name for ep in entry_points(group=ENTRY_POINTS))
 
 
 def backbone_class(name: str) -> type[Backbone]:
-    """Look up a backbone class by its config name (`backbone.name`)."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)} "
+    """Look up a backbone class by its config name (`backbone.name`); a backbone's module (and
+    its dependencies) is imported only when it is asked for."""
+    found = [ep for ep in entry_points(group=ENTRY_POINTS) if ep.name == name]
+    if not found:
+        names = backbone_names()
+        hint = "" if names else " (none is registered: install the project, `pip install -e .`)"
+        raise ValueError(f"unknown backbone {name!r}; choose one of {names}{hint} "
                          f"(config key backbone=...)")
-    module_name, class_name = BACKBONES[name].split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    return found[0].load()

@@ -73,7 +73,8 @@ def generate(backbone: Backbone, task: Task, prompts: list[list[int]], *, seq_le
                                      [names[r] for r in active] if names else None)
         device = next(backbone.model.parameters()).device
         start = time.perf_counter()
-        result = backbone.sample(ids.to(device), fixed.to(device), steps, generator, record_chain=record_chain, **options)
+        result = backbone.sample(ids.to(device), fixed.to(device), steps, generator,
+                                 record_chain=record_chain, **options)
         share = (time.perf_counter() - start) / len(active)
         out = result.ids.cpu().tolist()
         for j, r in enumerate(active):

@@ -7,27 +7,39 @@ from typing import Any
 
 import torch
 
-from dot.backbone import Backbone, backbone_class
-from dot.checkpoint import (FORMAT, HUB_ID, META, CheckpointError, CheckpointNotFoundError,
-                            is_run_dir, load_checkpoint, load_run, run_checkpoint)
+from dot.backbone import Backbone, backbone_class, backbone_names
+from dot.checkpoint import (
+    FORMAT,
+    HUB_ID,
+    META,
+    CheckpointError,
+    CheckpointNotFoundError,
+    is_run_dir,
+    load_checkpoint,
+    load_run,
+    run_checkpoint,
+)
 
 
 def detect_backbone(path: str) -> str:
-    """Which backbone's loader understands `path`."""
+    """Which backbone reads `path`: ours for a finetune.py run folder, else the one backbone
+    whose own layouts (`Backbone.recognises`) include it."""
     p = Path(path)
     if not p.exists() and not HUB_ID.match(path):
         raise CheckpointNotFoundError(f"{path} not found (nor a hub id owner/name)")
     if is_run_dir(p):
-        state_backbone = load_checkpoint(p / META).get("backbone")
-        return state_backbone or "sedd"  # official dot-sedd run folders carry no name
-    if (p / "model.pt").is_file() or (p / "noise_schedule.pt").is_file():
-        return "plaid"
-    if (p / "config.json").is_file() or (not p.exists() and HUB_ID.match(path)):
-        return "sedd"  # hub layout, or a hub id such as louaaron/sedd-small
-    raise CheckpointError(
-        f"{path}: not a run folder (.hydra/config.yaml + {META}), a Plaid weights folder "
-        "(model.pt, noise_schedule.pt, gamma_bounds.pt, embedding_matrix.pt) or a SEDD "
-        "checkpoint (config.json + pytorch_model.bin / model.safetensors, or a hub id)")
+        name = load_checkpoint(p / META).get("backbone")
+        if name:
+            return name
+    claims = [name for name in backbone_names() if backbone_class(name).recognises(path)]
+    if len(claims) == 1:
+        return claims[0]
+    layouts = "; ".join(f"{name}: {backbone_class(name).weights_layout}"
+                        for name in backbone_names() if backbone_class(name).weights_layout)
+    if claims:
+        raise CheckpointError(f"{path}: several backbones read it ({', '.join(claims)})")
+    raise CheckpointError(f"{path}: not a run folder (.hydra/config.yaml + {META}) nor a layout "
+                          f"a backbone reads ({layouts})")
 
 
 def load_for_eval(path: str, device: torch.device, *, digit: bool = False,

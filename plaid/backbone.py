@@ -1,6 +1,7 @@
 """Plaid behind the shared `dot.backbone.Backbone` interface (training, validation, sampling)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -62,6 +63,12 @@ class PlaidBackbone(Backbone):
         if init != "scratch":
             load_weights_into(plaid, init)
         return cls(cfg, tokenizer, plaid)
+
+    weights_layout = "a Plaid weights folder (model.pt, noise_schedule.pt, gamma_bounds.pt, embedding_matrix.pt)"
+
+    @classmethod
+    def recognises(cls, path: str) -> bool:
+        return any((Path(path) / f"{name}.pt").is_file() for name in ("model", "noise_schedule"))
 
     @classmethod
     def load_pretrained(cls, path: str, device: torch.device, *, digit: bool = False,

@@ -49,6 +49,17 @@ class SEDDBackbone(Backbone):
         model.time_conditioning = bool(cfg.backbone.get("time_conditioning", True))
         return cls(cfg, tokenizer, model.train(), graph, noise)
 
+    weights_layout = ("a SEDD checkpoint (config.json + model.safetensors / pytorch_model.bin, "
+                      "a hub id such as louaaron/sedd-small, or an official dot-sedd run folder)")
+
+    @classmethod
+    def recognises(cls, path: str) -> bool:
+        from dot.checkpoint import HUB_ID, is_run_dir
+
+        p = Path(path)
+        return (p / "config.json").is_file() or is_run_dir(p) or (not p.exists() and
+                                                                   bool(HUB_ID.match(path)))
+
     @classmethod
     def load_pretrained(cls, path: str, device: torch.device, *, digit: bool = False,
                         dataset: str | None = None,

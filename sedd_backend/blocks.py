@@ -179,8 +179,8 @@ def sample_blocks(log_score: Callable[..., Tensor], graph: Graph, noise: Noise, 
     the batch (training targets hold PAD only after EOS, or after a DoT-MP thought); their
     remaining positions become PAD. `skip_finished`, `reuse_unchanged` and `commit` are
     `pc_sample`'s; with `skip_finished` and `commit` a block ends as soon as it is filled.
-    `nfe` counts the network calls of the batch, `row_nfe` those each row needed. A recorded chain holds the whole row after every step, with
-    not-yet-generated positions masked.
+    `nfe` counts the network calls of the batch, `row_nfe` those each row needed. A recorded
+    chain holds the whole row after every step, with not-yet-generated positions masked.
     """
     if not graph.absorb:
         raise ValueError("block diffusion (backbone.block_tokens) needs graph.type=absorb")

@@ -2,7 +2,7 @@
 and each row's network calls are its generated tokens."""
 import torch
 
-from dot.ar import ARBackbone
+from ar_backend import ARBackbone
 from dot.config import compose_config
 from dot.tokenization import CharTokenizer
 

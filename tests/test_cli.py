@@ -1,6 +1,6 @@
 """The user-facing commands on a tiny run folder: evaluation_batch.py, cal_acc_gsm.py, run_eval.sh."""
-import math
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -45,7 +45,7 @@ def test_evaluation_batch_writes_results_and_summary(runs, capsys):
                                   "--sampling_timesteps", "2", "--runs", "2", "--apply_sc",
                                   "--output", str(out), "--no_progress"])
     assert code == 0
-    records = [json.loads(l) for l in out.with_suffix(".jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
     assert len(records) == 12 and {r["run"] for r in records} == {0, 1}
     assert all(r["nfe"] == 3 for r in records)  # 2 steps + the final denoiser
     summary = json.loads(out.with_suffix(".summary.json").read_text())
@@ -61,7 +61,7 @@ def test_block_diffusion_run_decodes_block_by_block(runs):
     assert evaluation_batch.main(["--weights_path", str(made["sedd_block"]), "--limit", "4",
                                   "--sampling_timesteps", "2", "--output", str(out),
                                   "--no_progress"]) == 0
-    records = [json.loads(l) for l in out.with_suffix(".jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
     assert len(records) == 4
     # 2 confidence steps per block of 2 tokens: 1 or 2 calls a block (a step that reveals both
     # leaves nothing for the second), never a denoiser call; symbols tokens + EOS
@@ -82,7 +82,7 @@ def test_parallel_commit_and_block_size_flags(runs, capsys):
     assert evaluation_batch.main(["--weights_path", str(run), "--limit", "4", "--threshold",
                                   "1e-9", "--sampling_timesteps", "8", "--output", str(out),
                                   "--no_progress"]) == 0
-    fast = [json.loads(l) for l in out.with_suffix(".jsonl").read_text().splitlines()]
+    fast = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
     for r in fast:
         assert r["nfe"] == math.ceil((len(r["prediction"].split()) + 1) / 2), r
     summary = json.loads(out.with_suffix(".summary.json").read_text())
@@ -90,7 +90,7 @@ def test_parallel_commit_and_block_size_flags(runs, capsys):
     assert evaluation_batch.main(["--weights_path", str(run), "--limit", "4", "--threshold",
                                   "1e-9", "--block_tokens", "4", "--output", str(out),
                                   "--no_progress"]) == 0
-    wide = [json.loads(l) for l in out.with_suffix(".jsonl").read_text().splitlines()]
+    wide = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
     for r in wide:
         assert r["nfe"] == math.ceil((len(r["prediction"].split()) + 1) / 4), r
     capsys.readouterr()

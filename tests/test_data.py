@@ -2,7 +2,6 @@ import hashlib
 import http.server
 import threading
 from functools import partial
-from pathlib import Path
 
 import pytest
 
@@ -73,7 +72,8 @@ def test_generated_splits_are_deterministic_and_disjoint(tmp_path):
     train = generated_lines(task, "train", 5000, seed=7, root=tmp_path)
     assert train == generated_lines(task, "train", 5000, seed=7, root=tmp_path)
     assert train != generated_lines(task, "train", 5000, seed=8, root=tmp_path)
-    pairs = lambda lines: {parse_operands(l.split("||")[0]) for l in lines}
+    def pairs(lines):
+        return {parse_operands(line.split("||")[0]) for line in lines}
     held_out = pairs(generated_lines(task, "valid", 0, 0, tmp_path)) | pairs(
         generated_lines(task, "test", 0, 0, tmp_path))
     assert len(pairs(train)) == 5000 and not pairs(train) & held_out
@@ -84,7 +84,7 @@ def test_generated_4x4_training_excludes_real_valid_pairs(tmp_path):
     valid, source = load_split(task, "valid")
     assert "valid.txt" in source
     train = generated_lines(task, "train", 20000, seed=0)
-    overlap = {parse_operands(l.split("||")[0]) for l in train} & {parse_operands(e.source) for e in valid}
+    overlap = {parse_operands(line.split("||")[0]) for line in train} & {parse_operands(e.source) for e in valid}
     assert not overlap
 
 

@@ -68,6 +68,7 @@ def one_process(tmp_path_factory):
     return get
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone,strategy", [("sedd", "ddp"), ("sedd", "zero"), ("sedd", "fsdp"),
                                                ("plaid", "ddp"), ("plaid", "zero"),
                                                ("plaid", "fsdp"), ("ar", "fsdp")])
@@ -90,6 +91,7 @@ def test_two_processes_match_one_process(tmp_path, one_process, backbone, strate
     assert (two / "loss.png").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["full", "sharded"])
 def test_fsdp_run_resumes_under_fsdp_and_in_one_process(tmp_path, one_process, layout):
     """A run stopped at step 2 under fsdp resumes to the same losses under fsdp, and its
@@ -102,7 +104,7 @@ def test_fsdp_run_resumes_under_fsdp_and_in_one_process(tmp_path, one_process, l
     assert shards == ([] if layout == "full" else ["rank0-of-2.pth", "rank1-of-2.pth"])
     single = tmp_path / "single"
     shutil.copytree(run / "checkpoints-meta", single / "checkpoints-meta")
-    finetune(run, *fsdp, "training.n_iters=4", procs=2)
+    finetune(run, *fsdp, "training.n_iters=4", "training.allow_config_change=true", procs=2)
     assert losses(run) == pytest.approx(reference, rel=1e-5)
     if layout == "sharded":  # the step-2 shards were replaced by the step-4 ones
         assert [p.name for p in (run / "checkpoints-meta").iterdir() if p.is_dir()] == [
@@ -128,6 +130,7 @@ def test_sharded_checkpoint_with_a_missing_shard_is_one_clear_error(tmp_path):
     assert load_checkpoint(path)["model"]["w"].tolist() == [1.0, 1.0, 0.0, 0.0]
 
 
+@pytest.mark.slow
 def test_sharded_evaluation_writes_the_one_process_results(tmp_path, one_process):
     """torchrun evaluation_batch.py deals the batches over 2 processes and writes the records
     of one process, in the same order (only the wall-time field differs)."""

@@ -1,7 +1,6 @@
 import random
 
 import pytest
-import torch
 
 from conftest import FIXTURES
 from dot.collate import SequenceTooLongError, collate, collate_prompts

@@ -54,6 +54,7 @@ def _digit_accuracy(gold: list[list[str]], pred: list[list[str]]) -> tuple[float
     return hits / total, sum(c.most_common(1)[0][1] for c in per_position.values()) / total
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_tiny_model_learns_2x2_multiplication(tmp_path, recipe):
     overrides, steps, arithmetic = RECIPES[recipe]

@@ -10,8 +10,13 @@ from dot.backbone import Batch
 from dot.rng import RowRandom
 from dot.tokenization import CharTokenizer
 from plaid.backbone import PlaidBackbone
-from plaid.loss import (LossOptions, diffusion_loss, reconst_batch_size, scheduled_sampling_tokens,
-                        update_reconst_ema)
+from plaid.loss import (
+    LossOptions,
+    diffusion_loss,
+    reconst_batch_size,
+    scheduled_sampling_tokens,
+    update_reconst_ema,
+)
 from plaid.weights import Plaid
 
 torch.set_num_threads(1)

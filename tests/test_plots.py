@@ -8,9 +8,20 @@ import pytest
 from PIL import Image
 
 from dot import plots
-from dot.plots import (Point, accuracy_vs_steps, calls_accuracy, eval_figures, loss_curve, main,
-                       pareto_front, read_metrics, sc_curve, series_label, speed_accuracy,
-                       time_to_accuracy)
+from dot.plots import (
+    Point,
+    accuracy_vs_steps,
+    calls_accuracy,
+    eval_figures,
+    loss_curve,
+    main,
+    pareto_front,
+    read_metrics,
+    sc_curve,
+    series_label,
+    speed_accuracy,
+    time_to_accuracy,
+)
 
 
 def fake_run(path, seconds_per_step=1.0, accs=(0.1, 0.4, 0.7)):

@@ -7,12 +7,10 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from sedd_backend.graph import Absorbing, Uniform, get_graph
 from sedd_backend.noise import GeometricNoise, LogLinearNoise, get_noise
-from sedd_backend.sampling import (AnalyticPredictor, Denoiser, EulerPredictor,
-                                   sample_categorical)
+from sedd_backend.sampling import AnalyticPredictor, Denoiser, EulerPredictor, sample_categorical
 
 torch.set_num_threads(1)
 

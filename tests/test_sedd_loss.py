@@ -89,7 +89,8 @@ def test_row_noise_independent_of_batch_split():
 def test_flat_weighting_is_the_elbo_times_t():
     """For the log-linear schedule e(sigma)/sigma' = t: flat = t * ELBO row by row."""
     graph, x0, fixed, logits = setup("absorb", B=4)
-    rng = lambda: RowRandom(3, 1, torch.arange(4))
+    def rng():
+        return RowRandom(3, 1, torch.arange(4))
     elbo = score_entropy_loss(FixedLogits(logits), graph, LogLinearNoise(), x0, fixed, rng())
     flat = score_entropy_loss(FixedLogits(logits), graph, LogLinearNoise(), x0, fixed, rng(),
                               weighting="flat")

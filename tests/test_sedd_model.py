@@ -78,7 +78,8 @@ def reference_forward(sd, x, sigma, n_heads, scale_by_sigma):
         mu = z.mean(-1, keepdim=True)
         return (z - mu) / torch.sqrt(((z - mu) ** 2).mean(-1, keepdim=True) + 1e-5) * w
 
-    silu = lambda z: z / (1 + torch.exp(-z))
+    def silu(z):
+        return z / (1 + torch.exp(-z))
     k = torch.arange(128, dtype=torch.float64)
     arg = sigma[:, None] * torch.exp(-math.log(10000) * k / 128)
     c = silu(lin(silu(lin(torch.cat([arg.cos(), arg.sin()], -1), "sigma_map.mlp.0")), "sigma_map.mlp.2"))

@@ -49,7 +49,8 @@ def test_samples_follow_data_distribution_with_true_scores(graph_type, predictor
 
 def test_skip_finished_same_ids_fewer_calls():
     graph = get_graph("absorb", N)
-    strong = lambda x, sigma: torch.full((*x.shape, N + 1), 1e6)  # unmasks everything at once
+    def strong(x, sigma):
+        return torch.full((*x.shape, N + 1), 1e6)  # unmasks everything at once
     runs = [pc_sample(strong, graph, LogLinearNoise(), (3, 4), 10, torch.Generator().manual_seed(1),
                       skip_finished=skip, record_chain=True) for skip in (False, True)]
     assert torch.equal(runs[0].ids, runs[1].ids)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from dot.backbone import backbone_names
 from dot.config import compose_config
 from dot.ema import EMA
 from dot.train import GradClipper, Trainer, lr_factor
@@ -98,18 +99,7 @@ def test_ema_warmup_rule():
     assert model.weight.item() == 1.0
 
 
-def _available_backbones():
-    names = ["ar"]
-    for name, module in (("sedd", "sedd_backend.backbone"), ("plaid", "plaid.backbone")):
-        try:
-            __import__(module)
-            names.append(name)
-        except ImportError:
-            pass
-    return names
-
-
-@pytest.mark.parametrize("backbone", _available_backbones())
+@pytest.mark.parametrize("backbone", backbone_names())
 def test_resume_continues_with_identical_losses(tmp_path, backbone):
     cfg = compose_config([f"backbone={backbone}", *TINY, "training.n_iters=6"])
     full = Trainer(cfg, tmp_path / "full")

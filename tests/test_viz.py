@@ -6,9 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dot.viz import (Frame, chain_frames, find_run, frame_text, main, render_gif,
-                     run_data_config, split_passes)
 from dot.tokenization import load_tokenizer
+from dot.viz import Frame, chain_frames, find_run, frame_text, main, render_gif, run_data_config, split_passes
 
 TOK = load_tokenizer("char")
 M = TOK.mask_id
@@ -83,8 +82,8 @@ def test_symbols_tokenizer_joins_with_spaces():
 @pytest.fixture(scope="module")
 def real_record(tmp_path_factory):
     """A record written by dot.evaluate with record_chain=True (tiny random SEDD)."""
-    from dot.config import compose_config
     from dot.backbone import backbone_class
+    from dot.config import compose_config
     from dot.data import load_split
     from dot.evaluate import evaluate
     from dot.tasks import get_task
