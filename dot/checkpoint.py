@@ -132,6 +132,36 @@ def latest_run(root: str | Path = RUNS_ROOT, backbone: str | None = None) -> Pat
     return mine[-1]
 
 
+def dot_run_of(init: str) -> tuple[Path, dict[str, Any]] | None:
+    """(run folder, checkpoint) of the finetune.py run an `init=` value names (a local folder,
+    or a repo pushed with `dot.hub`, fetched); None for `scratch` and for the backbones' own
+    weight layouts (official dot-sedd run folders included: their checkpoints carry no format)."""
+    if init == "scratch":
+        return None
+    from dot.hub import fetch_run
+
+    run = fetch_run(init) or Path(init)
+    if not is_run_dir(run):
+        return None
+    state = load_checkpoint(run / META)
+    return (run, state) if state.get("format") == FORMAT else None
+
+
+def load_run_weights(model: torch.nn.Module, state: dict[str, Any], run_dir: Path,
+                     use_ema: bool = True) -> None:
+    """Load a run checkpoint's weights into `model` strictly, the EMA weights when present."""
+    result = model.load_state_dict(state["model"], strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(f"{run_dir / META} does not match the model of {run_dir}/.hydra/"
+                              f"config.yaml: missing {result.missing_keys[:5]}, unexpected "
+                              f"{result.unexpected_keys[:5]}")
+    if use_ema and state.get("ema"):
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, t in state["ema"]["shadow_params"].items():
+                params[name].copy_(t)
+
+
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu", use_ema: bool = True,
              state: dict[str, Any] | None = None):
     """(backbone, config) of one of our run folders, with the EMA weights when present."""
@@ -147,19 +177,13 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", use_ema: b
     if state.get("format") != FORMAT:
         raise CheckpointError(f"{run_dir / META} is not a dot run checkpoint (format "
                               f"{state.get('format')!r}); pass the backbone's own weights folder")
-    tok = load_tokenizer(run_tokenizer_name(cfg), digits=cfg.data.get("digit", False))
+    name = run_tokenizer_name(cfg)
+    if name.endswith(".json") and (run_dir / name).is_file():  # a file shipped with the run
+        name = str(run_dir / name)
+    tok = load_tokenizer(name, digits=cfg.data.get("digit", False))
     backbone = backbone_class(cfg.backbone.name).from_config(cfg, tok)
     model = backbone.model.to(device)
-    result = model.load_state_dict(state["model"], strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(f"{run_dir / META} does not match the {cfg.backbone.name} model of "
-                              f"{run_dir}/.hydra/config.yaml: missing {result.missing_keys[:5]}, "
-                              f"unexpected {result.unexpected_keys[:5]}")
-    if use_ema and state.get("ema"):
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, t in state["ema"]["shadow_params"].items():
-                params[name].copy_(t)
+    load_run_weights(model, state, run_dir, use_ema)
     model.eval()
     cfg.seq_len = int(state["seq_len"])
     return backbone, cfg

@@ -44,7 +44,12 @@ def detect_backbone(path: str) -> str:
 
 def load_for_eval(path: str, device: torch.device, *, digit: bool = False,
                   dataset: str | None = None, tokenizer: str | None = None) -> tuple[Backbone, Any]:
-    """(backbone in eval mode, config with data/sampling/eval/seq_len keys) for `path`."""
+    """(backbone in eval mode, config with data/sampling/eval/seq_len keys) for `path`; a hub
+    id of a pushed DoT run (`dot.hub`) is fetched and read as a run folder."""
+    from dot.hub import fetch_run
+
+    fetched = fetch_run(path)
+    path = str(fetched) if fetched else path
     found = run_checkpoint(path)
     if found:
         run, ckpt = found

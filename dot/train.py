@@ -26,7 +26,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from dot import distributed
 from dot.backbone import Backbone, Batch, backbone_class
-from dot.checkpoint import FORMAT, META, load_checkpoint, save_atomic
+from dot.checkpoint import FORMAT, META, dot_run_of, load_checkpoint, load_run_weights, save_atomic
 from dot.collate import collate
 from dot.config import check_config
 from dot.data import load_split
@@ -179,7 +179,16 @@ class Trainer:
         self.seq_len = resolve_seq_len(cfg, self.train_tok + tok(self.test))
         self.info(f"seq_len {self.seq_len}, vocab {self.tokenizer.vocab_size}")
 
-        self.backbone: Backbone = backbone_class(cfg.backbone.name).from_config(cfg, self.tokenizer)
+        init_run = dot_run_of(cfg.init)
+        build = cfg if init_run is None else OmegaConf.merge(cfg, {"init": "scratch"})
+        self.backbone: Backbone = backbone_class(cfg.backbone.name).from_config(build, self.tokenizer)
+        if init_run is not None:  # a finetune.py run (local, or pushed with dot.hub)
+            init_run, state = init_run
+            if state.get("backbone") != cfg.backbone.name:
+                raise ValueError(f"init={cfg.init} is a {state.get('backbone')!r} run; the config "
+                                 f"asks for backbone={cfg.backbone.name}")
+            load_run_weights(self.backbone.model, state, init_run)
+            self.info(f"init: weights of {init_run} (step {state['step']}, EMA when present)")
         self.model = self.backbone.model.to(self.ctx.device)
         self.engine = distributed.Engine(strategy, self.ctx, self.model, self.backbone.loss,
                                          self.backbone.eval_loss, self.backbone.shard_units(),
