@@ -23,7 +23,7 @@ import torch
 
 from dot import distributed
 from dot.checkpoint import HUB_ID, CheckpointError, latest_run, run_checkpoint, snapshot_step
-from dot.data import load_split
+from dot.data import load_eval_split
 from dot.evaluate import evaluate, format_summary, result_name
 from dot.loading import load_for_eval
 from dot.per_thought import format_per_thought, per_thought_accuracy, write_per_thought
@@ -150,24 +150,15 @@ def run(args: argparse.Namespace, device: torch.device, is_main: bool) -> int:
     found = run_checkpoint(weights)
     backbone, cfg = load_for_eval(weights, device, digit=args.digit, dataset=args.dataset,
                                   tokenizer=args.tokenizer)
-    unknown = sorted(set(options) - backbone.sample_options)
     if args.fix_src and backbone.name != "plaid":
-        unknown.append("fix_src")
-    if unknown:
-        print_main(f"error: --{', --'.join(unknown)} does not apply to the {backbone.name} "
-                   f"backbone (it accepts: "
-                   f"{', '.join('--' + o for o in sorted(backbone.sample_options)) or 'none'})",
-                   file=sys.stderr)
-        return 2
+        options["fix_src"] = True  # refused below by name, as any flag the backbone lacks
+    backbone.check_sample_options(options)
 
     task = get_task(args.dataset or cfg.data.task)
     multipass = cfg.data.multipass if args.cot is None else args.cot
     steps = args.sampling_timesteps or cfg.sampling.steps
-    try:
-        examples, source = load_split(task, args.split, args.data_path or cfg.data.get(args.split))
-    except FileNotFoundError:
-        examples, source = load_split(task, "valid", cfg.data.get("valid"))
-        source += " (no test split found; using valid)"
+    examples, source = load_eval_split(task, args.split, args.data_path or cfg.data.get(args.split),
+                                       cfg.data.get("valid"))
     limited = bool(args.limit) and args.limit < len(examples)
     examples = examples[: args.limit] if limited else examples
     # the data in the name when it is not the run's own split; the step for an older snapshot

@@ -106,6 +106,7 @@ class ARBackbone(Backbone):
                generator: torch.Generator, record_chain: bool = False,
                **options: Any) -> SampleResult:
         """Greedy decoding after each row's prefix; `steps` is ignored (one call per token)."""
+        self.check_sample_options(options)
         tok, (B, L), dev = self.tokenizer, input_ids.shape, input_ids.device
         plen = fixed_mask.sum(1)
         P = int(plen.max())

@@ -133,6 +133,14 @@ class Backbone(abc.ABC):
     def after_optimizer_step(self, step: int) -> None:
         """Hook for state a backbone keeps across steps (e.g. Plaid's loss-variance EMAs)."""
 
+    def check_sample_options(self, options: dict[str, Any]) -> None:
+        """Refuse sampler options this backbone does not have (never ignore one silently)."""
+        unknown = sorted(set(options) - self.sample_options)
+        if unknown:
+            raise ValueError(f"sampler option(s) {', '.join(unknown)} do not apply to the "
+                             f"{self.name} backbone (it accepts: "
+                             f"{', '.join(sorted(self.sample_options)) or 'none'})")
+
     @abc.abstractmethod
     def sample(self, input_ids: Tensor, fixed_mask: Tensor, steps: int,
                generator: torch.Generator, record_chain: bool = False,

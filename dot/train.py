@@ -29,7 +29,7 @@ from dot.backbone import Backbone, Batch, backbone_class
 from dot.checkpoint import FORMAT, META, dot_run_of, load_checkpoint, load_run_weights, save_atomic
 from dot.collate import collate
 from dot.config import check_config
-from dot.data import load_split
+from dot.data import load_eval_split, load_split
 from dot.ema import EMA
 from dot.evaluate import evaluate, format_summary, result_name
 from dot.examples import TokenizedExample, tokenize, training_pair
@@ -169,7 +169,8 @@ class Trainer:
         train, src = load_split(self.task, "train", cfg.data.train, n_train=cfg.data.n_train,
                                 seed=cfg.seed)
         self.valid, vsrc = load_split(self.task, "valid", cfg.data.valid)
-        self.test, self.test_source = self._test_split()
+        self.test, self.test_source = load_eval_split(self.task, "test", cfg.data.test,
+                                                      cfg.data.valid)
         self.info(f"data: train {len(train)} from {src}; valid {len(self.valid)} from {vsrc}; "
                   f"test {len(self.test)} from {self.test_source}")
         def tok(examples: list[Example]) -> list[TokenizedExample]:
@@ -216,13 +217,6 @@ class Trainer:
     def info(self, msg: str) -> None:
         if self.ctx.is_main:
             log.info(msg)
-
-    def _test_split(self) -> tuple[list[Example], str]:
-        try:
-            return load_split(self.task, "test", self.cfg.data.test)
-        except FileNotFoundError:
-            examples, src = load_split(self.task, "valid", self.cfg.data.valid)
-            return examples, f"{src} (no test split found; using valid)"
 
     def _rows(self, step: int) -> list[int]:
         """Dataset indices of the step's global batch: shuffled epochs, no state to save."""

@@ -162,10 +162,7 @@ class PlaidBackbone(Backbone):
         the source is imposed on the latent by re-noising it at every step (replacement
         conditioning); DoT's ancestral sampler ignored the source then (§13.9).
         """
-        unknown = set(options) - self.sample_options
-        if unknown:
-            raise ValueError(f"unknown Plaid sampling options {sorted(unknown)}; "
-                             f"choose from {sorted(self.sample_options)}")
+        self.check_sample_options(options)
         opts = {k: _get(self.cfg.get("sampling"), k, v) for k, v in SAMPLING_DEFAULTS.items()}
         opts.update(options)
         plaid = self.model

@@ -161,10 +161,7 @@ class SEDDBackbone(Backbone):
         the clean prefix cached when that is exact (`backbone.time_conditioning=false`) unless
         `cfg.sampling.kv_cache` is false.
         """
-        unknown = set(options) - self.sample_options
-        if unknown:
-            raise ValueError(f"unknown SEDD sampler options {sorted(unknown)}; "
-                             f"accepted: {sorted(self.sample_options)}")
+        self.check_sample_options(options)
         sampling = self.cfg.sampling
         device = self._device()
         ids_BL, fixed_BL = input_ids.to(device), fixed_mask.to(device).bool()

@@ -47,3 +47,13 @@ def test_kv_cache_decoding_matches_full_recompute():
         # one call per generated token, the stop token included, as when decoded alone
         assert int(result.row_nfe[r]) == len(expected)
     assert result.nfe == int(result.row_nfe.max())
+
+
+def test_a_sampler_option_is_refused_not_ignored():
+    import pytest
+
+    backbone = ARBackbone.from_config(compose_config(["backbone=ar", "model.hidden_size=32",
+                                                      "model.n_blocks=1"]), CharTokenizer())
+    ids, fixed = torch.zeros((1, 4), dtype=torch.long), torch.tensor([[True, False, False, False]])
+    with pytest.raises(ValueError, match="threshold do not apply to the ar backbone"):
+        backbone.sample(ids, fixed, steps=1, generator=torch.Generator(), threshold=0.9)

@@ -166,3 +166,13 @@ def test_published_tasks_never_evaluate_on_generated_splits(tmp_path):
         load_split(get_task("4by4"), "test", root=tmp_path)
     examples, source = load_split(get_task("mult4x3"), "test", root=tmp_path)
     assert source.startswith("generated") and len(examples) == 1000
+
+
+def test_missing_test_split_falls_back_to_valid_and_says_so(tmp_path):
+    from dot.data import load_eval_split
+
+    valid = shared_file("4x4", "valid.txt")
+    examples, source = load_eval_split(get_task("4by4"), "test", root=tmp_path)
+    assert len(examples) == 1000 and source == f"{valid} (no test split found; using valid)"
+    with pytest.raises(FileNotFoundError):  # an explicit path never falls back
+        load_eval_split(get_task("4by4"), "test", tmp_path / "absent.txt", root=tmp_path)

@@ -142,6 +142,6 @@ def test_backbone_sampling_keeps_fixed_positions(options, fix_src):
 
 
 def test_backbone_rejects_unknown_options():
-    with pytest.raises(ValueError, match="unknown Plaid sampling options"):
+    with pytest.raises(ValueError, match="do not apply to the plaid backbone"):
         tiny_backbone().sample(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.bool),
                                2, torch.Generator(), temperature=1.0)

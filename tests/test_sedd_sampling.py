@@ -93,7 +93,7 @@ def test_backbone_sampler_keeps_fixed_positions(predictor, steps, denoise):
 
 def test_backbone_rejects_unknown_option():
     bb = tiny_backbone()
-    with pytest.raises(ValueError, match="unknown SEDD sampler options"):
+    with pytest.raises(ValueError, match="do not apply to the sedd backbone"):
         bb.sample(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.bool), 2,
                   torch.Generator(), temperature=0.5)
 

@@ -22,7 +22,8 @@ SPLITS = ("train", "valid", "test")
 # Seeds of the generated evaluation splits; training lines use the run's seed and exclude them.
 _EVAL_SEEDS = {"test": 1_000_003, "valid": 2_000_003}
 
-__all__ = ["DataFormatError", "find_split_file", "load_split", "generated_lines", "read_examples"]
+__all__ = ["DataFormatError", "find_split_file", "load_eval_split", "load_split", "generated_lines",
+           "read_examples"]
 
 
 def find_split_file(task: Task, split: str, root: Path = DATA_ROOT) -> Path | None:
@@ -110,3 +111,16 @@ def load_split(task: Task, split: str, path: str | Path | None = None, *, n_trai
         return ([task.make_example(i, *line.split("||")) for i, line in enumerate(lines)],
                 f"generated {task.name} {split} ({len(lines)} lines)")
     raise FileNotFoundError(_missing(task, split, root))
+
+
+def load_eval_split(task: Task, split: str, path: str | Path | None = None,
+                    valid_path: str | Path | None = None, root: Path = DATA_ROOT
+                    ) -> tuple[list[Example], str]:
+    """An evaluation split; a missing test split falls back to valid, and the source says so."""
+    try:
+        return load_split(task, split, path, root=root)
+    except FileNotFoundError:
+        if split != "test" or path is not None:
+            raise
+    examples, source = load_split(task, "valid", valid_path, root=root)
+    return examples, f"{source} (no test split found; using valid)"
