@@ -11,14 +11,10 @@ import torch
 
 import cal_acc_gsm
 import evaluation_batch
-from conftest import FIXTURES, ROOT
+from conftest import FIXTURES, ROOT, TINY
 from dot.config import compose_config
 from dot.loading import load_for_eval
 from dot.train import Trainer
-
-TINY = ["data.task=mult2x2", "data.tokenizer=symbols", "training.batch_size=8",
-        "training.eval_freq=0", "model.hidden_size=32", "model.n_blocks=1", "model.cond_dim=16",
-        "device=cpu"]
 
 
 @pytest.fixture(scope="module")

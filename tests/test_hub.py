@@ -13,12 +13,9 @@ from omegaconf import OmegaConf
 import evaluation_batch
 from dot import hub
 from dot.checkpoint import META, load_checkpoint
-from dot.config import compose_config
 from dot.train import Trainer
 
-TINY = ["backbone=sedd", "data.task=mult2x2", "data.tokenizer=symbols", "training.batch_size=8",
-        "training.eval_freq=0", "training.n_iters=3", "eval.n_examples=4", "model.hidden_size=32",
-        "model.n_blocks=1", "model.cond_dim=16", "device=cpu", "sampling.steps=2"]
+RUN = ["backbone=sedd", "training.n_iters=3", "eval.n_examples=4", "sampling.steps=2"]
 
 
 class LocalHub:
@@ -58,9 +55,9 @@ def local_hub(tmp_path, monkeypatch):
     return stand_in
 
 
-def test_push_then_evaluate_and_init_from_the_repo(tmp_path, local_hub, monkeypatch, capsys):
+def test_push_then_evaluate_and_init_from_the_repo(tmp_path, local_hub, monkeypatch, tiny_config):
     run = tmp_path / "run"
-    trainer = Trainer(compose_config(TINY), run)
+    trainer = Trainer(tiny_config(*RUN), run)
     trainer.run()
     (run / ".hydra").mkdir()
     OmegaConf.save(trainer.cfg, run / ".hydra" / "config.yaml")
@@ -88,7 +85,7 @@ def test_push_then_evaluate_and_init_from_the_repo(tmp_path, local_hub, monkeypa
         [json.loads(line)["prediction"] for line in remote.splitlines()]
 
     # init=REPO starts from the pushed EMA weights
-    fresh = Trainer(compose_config([*TINY, "init=someone/dot-tiny"]), tmp_path / "fine")
+    fresh = Trainer(tiny_config(*RUN, "init=someone/dot-tiny"), tmp_path / "fine")
     params = dict(fresh.model.named_parameters())
     for name, value in source["ema"]["shadow_params"].items():
         assert torch.equal(params[name].detach(), value)

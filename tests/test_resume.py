@@ -11,11 +11,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+import conftest
 from conftest import ROOT
 
-TINY = ["backbone=ar", "data.task=mult2x2", "data.tokenizer=symbols", "data.n_train=200",
-        "training.batch_size=8", "training.eval_freq=0", "model.hidden_size=32",
-        "model.n_blocks=1", "device=cpu", "eval.n_examples=8"]
+TINY = ["backbone=ar", *conftest.TINY, "data.n_train=200", "eval.n_examples=8"]
 META = ("checkpoints-meta", "checkpoint.pth")
 
 

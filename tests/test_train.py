@@ -7,14 +7,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+import conftest
 from dot.backbone import backbone_names
 from dot.config import compose_config
 from dot.ema import EMA
 from dot.train import GradClipper, Trainer, lr_factor
 
-TINY = ["data.task=mult2x2", "training.batch_size=8", "training.eval_freq=0",
-        "training.log_freq=1", "eval.n_examples=4", "model.hidden_size=32", "model.n_blocks=2",
-        "model.cond_dim=16", "training.snapshot_freq_for_preemption=3", "device=cpu"]
+TINY = [*conftest.TINY, "model.n_blocks=2", "training.log_freq=1", "eval.n_examples=4",
+        "training.snapshot_freq_for_preemption=3"]
 
 
 def test_lr_factor_by_hand():
