@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dot.score_files import files_to_score, natural_key, report
+from dot.report.score_files import files_to_score, natural_key, report
 
 
 def main(argv: list[str] | None = None) -> int:

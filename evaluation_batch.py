@@ -26,7 +26,7 @@ from dot.checkpoint import HUB_ID, CheckpointError, latest_run, run_checkpoint, 
 from dot.data import load_eval_split
 from dot.evaluate import evaluate, format_summary, result_name
 from dot.loading import load_for_eval
-from dot.per_thought import format_per_thought, per_thought_accuracy, write_per_thought
+from dot.report.per_thought import format_per_thought, per_thought_accuracy, write_per_thought
 from dot.tasks import get_task
 
 # Sampler flags -> backbone option names; only flags the user gave are passed on, and a
@@ -202,7 +202,7 @@ def run(args: argparse.Namespace, device: torch.device, is_main: bool) -> int:
     print_main(f"results: {summary['results']}")
     if not is_main:
         return 0
-    from dot.plots import eval_figures  # matplotlib only once the decoding is done
+    from dot.report.plots import eval_figures  # matplotlib only once the decoding is done
     print_main("figures: " + ", ".join(str(f) for f in eval_figures(out.parent)))
     return 0
 

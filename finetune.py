@@ -47,7 +47,7 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        train(cfg, run_dir, list(hydra_cfg.overrides.task))
+        summary = train(cfg, run_dir, list(hydra_cfg.overrides.task))
     except TrainingInterrupted as stop:
         sys.exit(_fail(str(stop), stop.exit_code))
     except KeyboardInterrupt:
@@ -60,6 +60,10 @@ def main(cfg: DictConfig) -> None:
                 (run_dir / META).exists() or (run_dir / "logs").exists()):
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing was trained: leave nothing
         sys.exit(_fail(f"error: {err}", 1))
+    if summary is not None:  # the main process draws the run's figures once training is done
+        from dot.report.plots import run_figures
+
+        print("figures: " + ", ".join(str(f) for f in run_figures(run_dir)))
 
 
 def _fail(message: str, code: int) -> int:

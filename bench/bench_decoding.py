@@ -10,7 +10,7 @@ each batch size; the settings take turns within each of `--rounds` rounds, so a 
 machine's speed hits all of them alike, and examples/s is the median over the rounds. The
 `ratio` column divides by the first model's examples/s at the same batch size (put the AR
 baseline first). Calls are counted per example (the calls it needed, as if decoded alone; a
-batch makes as many as its slowest row). The CSV feeds `python -m dot.plots calls`.
+batch makes as many as its slowest row). The CSV feeds `python -m dot.report.plots calls`.
 """
 from __future__ import annotations
 

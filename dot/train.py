@@ -496,11 +496,6 @@ class Trainer:
                   + format_summary(summary)
                   + (f"\nWARNING: training was cut short at step {self.step} of "
                      f"{self.cfg.training.n_iters} (training.max_minutes)" if self.cut_short else ""))
-        from dot.plots import eval_figures, loss_curve  # matplotlib only when a run ends
-        has_metrics = (self.run_dir / "logs" / "metrics.csv").is_file()
-        figures = [*([loss_curve(self.run_dir, self.run_dir / "loss.png")] if has_metrics else []),
-                   *eval_figures(self.run_dir / "eval")]
-        self.info("figures: " + ", ".join(str(f) for f in figures))
         return summary
 
     def _trim_metrics(self, path: Path) -> None:

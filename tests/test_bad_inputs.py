@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 from dot.checkpoint import CheckpointError, load_checkpoint
 from dot.config import ConfigError, check_config, compose_config
 from dot.data import DataFormatError, read_examples
+from dot.report.score_files import score_file
 from dot.results import ResultsError
-from dot.score_files import score_file
 from dot.tasks import format_example, get_task
 from dot.train import NonFiniteLossError, Trainer
 

@@ -1,7 +1,7 @@
 import json
 
 import cal_acc_gsm
-from dot.score_files import score_file
+from dot.report.score_files import score_file
 
 E = "<|endoftext|>"
 
@@ -54,7 +54,7 @@ def test_unknown_format_is_an_error(tmp_path, capsys):
 def test_result_files_sort_by_the_number_of_steps():
     from pathlib import Path
 
-    from dot.score_files import natural_key
+    from dot.report.score_files import natural_key
     names = ["test-T16.jsonl", "test-T2.jsonl", "test-T1.jsonl", "test-T64-mp.jsonl"]
     assert [p.name for p in sorted(map(Path, names), key=natural_key)] == \
         ["test-T1.jsonl", "test-T2.jsonl", "test-T16.jsonl", "test-T64-mp.jsonl"]

@@ -103,7 +103,7 @@ class FlawedOracle(Oracle):
 
 
 def test_per_thought_accuracy_charges_each_error_to_its_thought():
-    from dot.per_thought import per_thought_accuracy
+    from dot.report.per_thought import per_thought_accuracy
     n = len(EXAMPLES[0].thoughts)
     assert all(len(e.thoughts) == n for e in EXAMPLES)
     # batch 2 splits the examples across calls; the oracle fails on any non-gold prefix, so

@@ -1,4 +1,4 @@
-"""dot.plots: readers and every figure, from small synthetic runs and summaries."""
+"""dot.report.plots: readers and every figure, from small synthetic runs and summaries."""
 import csv
 import json
 from pathlib import Path
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dot import plots
-from dot.plots import (
+from dot.report import plots
+from dot.report.plots import (
     Point,
     accuracy_vs_steps,
     calls_accuracy,

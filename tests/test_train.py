@@ -117,3 +117,13 @@ def test_resume_continues_with_identical_losses(tmp_path, backbone):
     assert len(set(losses)) > 1  # the losses really change from step to step
 
 
+
+
+def test_training_and_decoding_do_not_import_the_reporting_tools():
+    import subprocess
+    import sys
+
+    code = ("import sys, dot.train, dot.evaluate; "
+            "print(sorted(m for m in sys.modules if m.startswith(('matplotlib', 'dot.report'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,4 +1,4 @@
-"""dot.viz: chain frames (text layer), the GIF (drawing layer) and the CLI."""
+"""dot.report.viz: chain frames (text layer), the GIF (drawing layer) and the CLI."""
 import json
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
+from dot.report.viz import Frame, chain_frames, find_run, frame_text, main, render_gif, run_data_config, split_passes
 from dot.tokenization import load_tokenizer
-from dot.viz import Frame, chain_frames, find_run, frame_text, main, render_gif, run_data_config, split_passes
 
 TOK = load_tokenizer("char")
 M = TOK.mask_id

@@ -1,7 +1,7 @@
 """Animate one example's reasoning chain being denoised, step by step (the DoT paper figures).
 
-    python -m dot.viz chain RUN/eval/test-T64.jsonl --index 3 --out chain.gif
-    python -m dot.viz chain results.jsonl --index 0 --tokenizer symbols --out chain.gif --fps 4
+    python -m dot.report.viz chain RUN/eval/test-T64.jsonl --index 3 --out chain.gif
+    python -m dot.report.viz chain results.jsonl --index 0 --tokenizer symbols --out chain.gif --fps 4
 
 The results file comes from `evaluation_batch.py --save_chain`: its records carry `chain`, the
 generated region's token ids after every denoising step (for DoT-MP, every pass in turn).
@@ -258,7 +258,7 @@ def chain_gif(results: str | Path, index: int, out: str | Path, *, run: str | Pa
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dot.viz", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m dot.report.viz", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("chain", help="animated GIF of one example's denoising chain")

@@ -1,11 +1,11 @@
 """Figures from run folders and evaluation summaries (matplotlib, Agg backend: no display needed).
 
-    python -m dot.plots loss RUN --out loss.png
-    python -m dot.plots steps RUN/eval/*.summary.json --out acc_vs_T.png
-    python -m dot.plots sc RUN/eval/test-T64-runs5.summary.json --out sc.png
-    python -m dot.plots speed --dot SEDD/eval/*.summary.json --ar AR/eval/*.summary.json --out speed.png
-    python -m dot.plots time DoT=RUN_A AR=RUN_B --out time_to_acc.png
-    python -m dot.plots calls bench/results/decoding.csv --out calls.png
+    python -m dot.report.plots loss RUN --out loss.png
+    python -m dot.report.plots steps RUN/eval/*.summary.json --out acc_vs_T.png
+    python -m dot.report.plots sc RUN/eval/test-T64-runs5.summary.json --out sc.png
+    python -m dot.report.plots speed --dot SEDD/eval/*.summary.json --ar AR/eval/*.summary.json --out speed.png
+    python -m dot.report.plots time DoT=RUN_A AR=RUN_B --out time_to_acc.png
+    python -m dot.report.plots calls bench/results/decoding.csv --out calls.png
 
 Inputs are what the project already writes: `<run>/logs/metrics.csv` (dot.train: step, loss,
 lr, grad_norm, steps_per_s, seconds; eval_loss, valid_acc, valid_token_acc on eval steps) and
@@ -212,6 +212,15 @@ def eval_figures(eval_dir: str | Path) -> list[Path]:
             for key, paths in sorted(groups.items())] + made
 
 
+def run_figures(run_dir: str | Path) -> list[Path]:
+    """A run folder's figures: `loss.png` from its metrics, and its eval folder's."""
+    run_dir = Path(run_dir)
+    made = []
+    if (run_dir / "logs" / "metrics.csv").is_file():
+        made.append(loss_curve(run_dir, run_dir / "loss.png"))
+    return made + eval_figures(run_dir / "eval")
+
+
 @dataclass(frozen=True)
 class Point:
     """One model + sampler setting on the speed/accuracy plane."""
@@ -336,7 +345,7 @@ def _named(items: Sequence[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dot.plots", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m dot.report.plots", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     a = sub.add_parser("loss", help="loss / eval_loss / valid_acc vs step of a run")
