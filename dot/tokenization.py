@@ -35,7 +35,11 @@ class Tokenizer(Protocol):
 
 
 class TokenizerError(ValueError):
-    pass
+    """A tokenizer that cannot be loaded or lacks a special token DoT needs."""
+
+
+class TokenizerNotFoundError(TokenizerError, FileNotFoundError):
+    """A tokenizer file that does not exist."""
 
 
 class CharTokenizer:
@@ -88,9 +92,14 @@ class JsonTokenizer:
         from tokenizers import Tokenizer as HFTokenizer
 
         if not Path(path).is_file():
-            raise TokenizerError(f"tokenizer file {path} not found; use data.tokenizer=char, or "
-                                 "point data.tokenizer at a tokenizers JSON file")
-        return cls(HFTokenizer.from_file(str(path)), str(path), **specials)
+            raise TokenizerNotFoundError(f"tokenizer file {path} not found; use data.tokenizer=char, "
+                                         "or point data.tokenizer at a tokenizers JSON file")
+        try:
+            hf = HFTokenizer.from_file(str(path))
+        except Exception as err:  # not JSON, or not a tokenizers file
+            raise TokenizerError(f"tokenizer file {path} cannot be read ({str(err)[:150]}); it "
+                                 "must be a Hugging Face tokenizers JSON file") from None
+        return cls(hf, str(path), **specials)
 
     def _single_id(self, text: str, role: str) -> int:
         ids = self._tok.encode(text, add_special_tokens=False).ids

@@ -206,3 +206,13 @@ def test_bad_result_rows_name_file_and_line(tmp_path, capsys, lines, message):
     assert cal_acc_gsm.main([str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_tokenizer_files_missing_or_damaged(tmp_path):
+    from dot.tokenization import TokenizerError, load_tokenizer
+
+    with pytest.raises(FileNotFoundError, match="absent.json not found"):
+        load_tokenizer(str(tmp_path / "absent.json"))
+    bad = write(tmp_path, "bad.json", '{"model": ')
+    with pytest.raises(TokenizerError, match=rf"{bad} cannot be read"):
+        load_tokenizer(str(bad))
