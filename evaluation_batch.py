@@ -193,8 +193,8 @@ def run(args: argparse.Namespace, device: torch.device, is_main: bool) -> int:
         return 0
     summary = evaluate(backbone, task, examples, seq_len=args.seq_len or cfg.seq_len,
                        steps=steps, out=out, runs=args.runs, seed=args.seed,
-                       multipass=multipass, hidden_thought=cfg.data.get("hidden_thought", False),
-                       max_passes=args.cot_steps or cfg.eval.get("cot_steps", 12),
+                       multipass=multipass, hidden_thought=cfg.data.hidden_thought,
+                       max_passes=args.cot_steps or cfg.eval.cot_steps,
                        batch_size=args.batch_size, record_chain=args.save_chain,
                        progress=not args.no_progress, source_name=source, shard=True,
                        **options)

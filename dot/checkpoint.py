@@ -171,7 +171,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", use_ema: b
     from dot.tokenization import load_tokenizer, run_tokenizer_name
 
     run_dir = Path(run_dir)
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    from dot.config import with_defaults
+
+    cfg = with_defaults(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
     cfg.init = "scratch"  # the weights come from the checkpoint
     state = state if state is not None else load_checkpoint(run_dir / META, device)
     if state.get("format") != FORMAT:

@@ -18,6 +18,14 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
         return compose(config_name="config", overrides=overrides or [])
 
 
+def with_defaults(stored: DictConfig) -> DictConfig:
+    """A run's stored config over today's defaults of its backbone: a setting added since the
+    run was trained reads as its default (the one in configs/), so code reads configs strictly."""
+    base = compose_config([f"backbone={stored.backbone.name}"])
+    OmegaConf.set_struct(base, False)
+    return OmegaConf.merge(base, stored)
+
+
 class ConfigError(ValueError):
     """A config value of the wrong type or out of range (named by its key)."""
 

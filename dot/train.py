@@ -8,6 +8,7 @@ curve whatever the number of processes or accumulation steps.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import random
@@ -33,6 +34,7 @@ from dot.data import load_eval_split, load_split
 from dot.ema import EMA
 from dot.evaluate import evaluate, format_summary, result_name
 from dot.examples import TokenizedExample, tokenize, training_pair
+from dot.results import write_text_atomic
 from dot.resume import config_changes, record_changes
 from dot.rng import RowRandom, seed_key
 from dot.sharded import save_sharded
@@ -317,7 +319,7 @@ class Trainer:
         grad_norm = self.clipper(self.params, self.step, self.engine.grad_norm(self.params))
         if not (math.isfinite(total.item()) and math.isfinite(grad_norm)):
             raise NonFiniteLossError(self.step, total.item(), grad_norm, self.cfg.optim.lr)
-        time_used = self.time_used if self.cfg.optim.get("decay_over_budget", True) else 0.0
+        time_used = self.time_used if self.cfg.optim.decay_over_budget else 0.0
         factor = lr_factor(self.step, self.cfg.optim, self.cfg.training.n_iters, time_used)
         for g in self.optimizer.param_groups:
             g["lr"] = g["base_lr"] * factor
@@ -477,7 +479,7 @@ class Trainer:
 
     def periodic_eval(self) -> dict[str, float]:
         out: dict[str, float] = {"eval_loss": self.eval_loss()}
-        n = self.cfg.eval.get("valid_examples", 100) or len(self.valid)
+        n = self.cfg.eval.valid_examples or len(self.valid)
         s = self.decode(self.valid[:n], self.run_dir / "samples" / f"step_{self.step}")
         if s is not None:
             out.update(valid_acc=s["accuracy"], valid_token_acc=s["token_acc"])
@@ -523,11 +525,12 @@ class Trainer:
 
     @staticmethod
     def _write_csv(path: Path, rows: list[dict[str, Any]], fields) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(fields))
-            writer.writeheader()
-            writer.writerows(rows)
+        """Atomically: a kill -9 while logging must not leave a truncated metrics file."""
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(fields))
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text_atomic(path, out.getvalue())
 
 
 def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None

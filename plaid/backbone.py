@@ -14,22 +14,9 @@ from plaid.loss import LossOptions, diffusion_loss, reconst_batch_size, update_r
 from plaid.sampling import NetworkDenoiser, ancestral, decode, dpm_solver
 from plaid.weights import Plaid, load_weights_into
 
-MODULE_LRS = {"noise_schedule": 1e-2, "gamma_bounds": 1e-2, "embedding_matrix": 1e-2}
-MODULE_WEIGHT_DECAYS = {"model": 4e-5, "noise_schedule": 0.0, "gamma_bounds": 1e-3,
-                        "embedding_matrix": 0.0}
 # μP (MuAdam): matrices whose fan-in and fan-out both scale with width train at lr / width_mult
 MUP_MATRICES = ("attn_qkv.weight", "attn_out.weight", "mlp.fc1.weight", "mlp.fc2.weight")
 # used when neither the call nor cfg.sampling sets an option
-SAMPLING_DEFAULTS = {"predictor": "ancestral", "score_temp": 0.5, "dpm_order": 1,
-                     "logit_sample": False, "logit_temp": 0.0, "official_dpm": False,
-                     "official_grid": False}
-
-
-def _get(node: Any, key: str, default: Any) -> Any:
-    value = node.get(key, default) if node is not None else default
-    return default if value is None else value
-
-
 class PlaidBackbone(Backbone):
     """Continuous-embedding diffusion (Plaid) fine-tuned and sampled the DoT way.
 
@@ -43,25 +30,22 @@ class PlaidBackbone(Backbone):
 
     def __init__(self, cfg: Any, tokenizer: Tokenizer, model: Plaid):
         super().__init__(cfg, tokenizer, model)
-        bb = cfg.backbone
-        self.fix_src = bool(_get(bb, "fix_src", True))
+        bb = cfg.backbone  # every setting from configs/backbone/plaid.yaml, read strictly
+        self.fix_src = bool(bb.fix_src)
         self.loss_options = LossOptions(
-            selfcond=bool(_get(bb, "selfcond", True)), fix_src=self.fix_src,
-            bias_warmup_steps=int(_get(bb, "bias_warmup_steps", 50)),
-            min_prob=float(_get(bb, "min_prob", 1.0)),
-            total_steps=int(_get(cfg.get("training"), "n_iters", 1)),
-            ss_steps=int(_get(bb, "ss_steps", 16)))
-        self.ema_beta = float(_get(bb, "reconst_bs_ema", 0.997))
+            selfcond=bool(bb.selfcond), fix_src=self.fix_src,
+            bias_warmup_steps=int(bb.bias_warmup_steps), min_prob=float(bb.min_prob),
+            total_steps=int(cfg.training.n_iters), ss_steps=int(bb.ss_steps))
+        self.ema_beta = float(bb.reconst_bs_ema)
         self._pending: tuple[int, int, Tensor] | None = None  # (B_g, r, Σ stats) of this step
 
     @classmethod
     def from_config(cls, cfg: Any, tokenizer: Tokenizer) -> "PlaidBackbone":
         m = cfg.model
         plaid = Plaid(tokenizer.vocab_size, int(m.embed_dim), int(m.hidden_size), int(m.n_blocks),
-                      int(m.n_heads), int(_get(m, "schedule_width", 1024)))
-        init = _get(cfg, "init", "scratch")
-        if init != "scratch":
-            load_weights_into(plaid, init)
+                      int(m.n_heads), int(m.schedule_width))
+        if cfg.init != "scratch":
+            load_weights_into(plaid, cfg.init)
         return cls(cfg, tokenizer, plaid)
 
     weights_layout = "a Plaid weights folder (model.pt, noise_schedule.pt, gamma_bounds.pt, embedding_matrix.pt)"
@@ -111,8 +95,8 @@ class PlaidBackbone(Backbone):
         of a module; AdamW decays by lr·f·weight_decay, so weight_decay = wd_module / lr.
         """
         bb = self.cfg.backbone
-        lrs = {"model": float(self.cfg.optim.lr), **MODULE_LRS, **dict(_get(bb, "module_lr", {}))}
-        wds = {**MODULE_WEIGHT_DECAYS, **dict(_get(bb, "module_weight_decay", {}))}
+        lrs = {"model": float(self.cfg.optim.lr), **bb.module_lr}
+        wds = dict(bb.module_weight_decay)
         width_mult = self.model.model.width_mult
         groups = []
         for name in ("model", "noise_schedule", "gamma_bounds", "embedding_matrix"):
@@ -163,7 +147,7 @@ class PlaidBackbone(Backbone):
         conditioning); DoT's ancestral sampler ignored the source then (§13.9).
         """
         self.check_sample_options(options)
-        opts = {k: _get(self.cfg.get("sampling"), k, v) for k, v in SAMPLING_DEFAULTS.items()}
+        opts = {k: self.cfg.sampling[k] for k in self.sample_options}
         opts.update(options)
         plaid = self.model
         device = input_ids.device

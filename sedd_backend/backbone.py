@@ -46,7 +46,7 @@ class SEDDBackbone(Backbone):
             for module in model.modules():  # dropout is a training choice, not part of the weights
                 if isinstance(module, nn.Dropout):
                     module.p = float(cfg.model.dropout)
-        model.time_conditioning = bool(cfg.backbone.get("time_conditioning", True))
+        model.time_conditioning = bool(cfg.backbone.time_conditioning)
         return cls(cfg, tokenizer, model.train(), graph, noise)
 
     weights_layout = ("a SEDD checkpoint (config.json + model.safetensors / pytorch_model.bin, "
@@ -100,7 +100,7 @@ class SEDDBackbone(Backbone):
     @property
     def block_tokens(self) -> int | None:
         """Tokens per block of block diffusion (`sedd_backend.blocks`); None = whole target."""
-        size = self.cfg.get("backbone", {}).get("block_tokens")
+        size = self.cfg.backbone.block_tokens
         return int(size) if size else None
 
     def log_score(self, x_BL: Tensor, sigma_B: Tensor, attn_mask: Tensor | None = None,
@@ -109,7 +109,7 @@ class SEDDBackbone(Backbone):
                   prev_BL: Tensor | None = None) -> Tensor:
         """The network's log-score, or the one implied by denoiser logits (cross_entropy)."""
         out_BLV = self.model(x_BL, sigma_B, attn_mask, positions, kv_cache, prev_BL)
-        if self.cfg.get("backbone", {}).get("objective", "score_entropy") == "cross_entropy":
+        if self.cfg.backbone.objective == "cross_entropy":
             return denoiser_log_score(out_BLV, sigma_B.expand(x_BL.shape[0]))
         return out_BLV
 
@@ -119,12 +119,12 @@ class SEDDBackbone(Backbone):
     def loss(self, batch: Batch, rng: RowRandom) -> tuple[Tensor, dict[str, float]]:
         """Sum of the rows' score-entropy losses / global batch size (summed by the trainer)."""
         batch = batch.to(self._device())
-        bb = self.cfg.get("backbone", {})
+        bb = self.cfg.backbone  # configs/backbone/sedd.yaml, read strictly
         model, stats, segments = self.model, {}, None
-        t_range = tuple(bb.get("t_range", (0.0, 1.0)))
+        t_range = tuple(bb.t_range)
         if self.block_tokens:
             size = self.block_tokens
-            if bb.get("train_blocks"):  # each row draws one of the layouts
+            if bb.train_blocks:  # each row draws one of the layouts
                 layouts = bb.train_blocks
                 pick_B = rng.randint(len(layouts)).to(batch.input_ids.device)
                 table = torch.tensor([[m.tokens, *m.t_range] for m in layouts],
@@ -134,10 +134,8 @@ class SEDDBackbone(Backbone):
             segments = block_ids(batch.fixed_mask, size)
         loss_B = score_entropy_loss(model, self.graph, self.noise, batch.input_ids,
                                     batch.fixed_mask, rng,
-                                    weighting=bb.get("loss_weighting", "elbo"),
-                                    order=bb.get("mask_order", "random"),
-                                    real_BL=batch.attention_mask,
-                                    objective=bb.get("objective", "score_entropy"),
+                                    weighting=bb.loss_weighting, order=bb.mask_order,
+                                    real_BL=batch.attention_mask, objective=bb.objective,
                                     stats=stats, t_range=t_range,
                                     segments_BL=segments)
         loss = loss_B.sum() / batch.global_batch_size
@@ -169,12 +167,12 @@ class SEDDBackbone(Backbone):
         self.model.eval()
         predictor = options.get("predictor", sampling.predictor)
         denoise = bool(options.get("noise_removal", sampling.noise_removal))
-        commit = ParallelCommit(options.get("threshold", sampling.get("threshold")),
-                                options.get("margin", sampling.get("margin")))
+        commit = ParallelCommit(options.get("threshold", sampling.threshold),
+                                options.get("margin", sampling.margin))
         savings = {"commit": commit,
-                   "skip_finished": commit.active or bool(sampling.get("skip_finished", False)),
-                  "reuse_unchanged": (not self.model.time_conditioning
-                                      and bool(sampling.get("reuse_unchanged", True)))}
+                   "skip_finished": commit.active or bool(sampling.skip_finished),
+                   "reuse_unchanged": (not self.model.time_conditioning
+                                       and bool(sampling.reuse_unchanged))}
         try:
             size = int(options.get("block_tokens") or self.block_tokens or 0)
             if options.get("block_tokens") and not self.block_tokens:
@@ -182,7 +180,7 @@ class SEDDBackbone(Backbone):
                                  "(backbone.block_tokens=null); decode it whole")
             if size:
                 tok = self.tokenizer
-                cached = not self.model.time_conditioning and sampling.get("kv_cache", True)
+                cached = not self.model.time_conditioning and sampling.kv_cache
                 result = sample_blocks(self.log_score, self.graph, self.noise, ids_BL, fixed_BL,
                                        size, steps, generator, eos_id=tok.eos_id,
                                        pad_id=tok.pad_id, predictor=predictor, denoise=denoise,

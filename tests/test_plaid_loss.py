@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 from dot.backbone import Batch
+from dot.config import compose_config
 from dot.rng import RowRandom
 from dot.tokenization import CharTokenizer
 from plaid.backbone import PlaidBackbone
@@ -221,11 +221,10 @@ def test_eval_loss_is_deterministic_and_leaves_state():
 
 
 def backbone():
-    cfg = OmegaConf.create({
-        "init": "scratch", "model": {"hidden_size": 512, "n_heads": 4, "n_blocks": 1, "embed_dim": 16,
-                                     "schedule_width": 8},
-        "backbone": {"name": "plaid", "module_lr": {"gamma_bounds": 2e-2}},
-        "optim": {"lr": 3e-4}, "training": {"n_iters": 10}})
+    cfg = compose_config(["backbone=plaid", "model.hidden_size=512", "model.n_heads=4",
+                          "model.n_blocks=1", "model.schedule_width=8",
+                          "backbone.module_lr.gamma_bounds=2e-2", "optim.lr=3e-4",
+                          "training.n_iters=10"])
     return PlaidBackbone.from_config(cfg, CharTokenizer())
 
 

@@ -1,8 +1,8 @@
 """Plaid samplers (spec §7) on a Gaussian toy with an exact denoiser, and through the backbone."""
 import pytest
 import torch
-from omegaconf import OmegaConf
 
+from dot.config import compose_config
 from dot.tokenization import CharTokenizer
 from plaid.backbone import PlaidBackbone
 from plaid.sampling import ancestral, ancestral_grid, dpm_solver, tempered
@@ -107,12 +107,9 @@ def test_official_switches_run_and_count_calls():
 
 
 def tiny_backbone(fix_src=True):
-    cfg = OmegaConf.create({
-        "init": "scratch",
-        "model": {"hidden_size": 32, "n_heads": 4, "n_blocks": 2, "embed_dim": 16, "schedule_width": 16},
-        "backbone": {"name": "plaid", "fix_src": fix_src},
-        "sampling": {"predictor": "ancestral", "steps": 4, "score_temp": 0.5},
-        "optim": {"lr": 3e-4}, "training": {"n_iters": 10}})
+    cfg = compose_config(["backbone=plaid", "model.hidden_size=32", "model.n_heads=4",
+                          "model.n_blocks=2", "model.schedule_width=16", f"backbone.fix_src={fix_src}",
+                          "sampling.steps=4", "training.n_iters=10"])
     torch.manual_seed(0)
     bb = PlaidBackbone.from_config(cfg, CharTokenizer())
     with torch.no_grad():  # a non-trivial readout so that argmax varies
