@@ -78,49 +78,73 @@ def score_entropy_loss(model: Callable[[Tensor, Tensor], Tensor], graph: Graph, 
     target tokens whose highest-scoring token is the clean one: the training accuracy that
     is comparable across objectives (and with an autoregressive model's).
     """
-    if (weighting != "elbo" or order != "random" or objective != "score_entropy") \
-            and not graph.absorb:
+    if (weighting, order, objective) != ("elbo", "random", "score_entropy") and not graph.absorb:
         raise ValueError("loss weighting / mask order / objective options need the absorbing graph")
-    # 1. a time per row, away from 0 (t_range: two floats, or two [B] tensors, one range a row)
+    if weighting not in ("elbo", "flat"):
+        raise ValueError(f"unknown loss weighting {weighting!r}: use elbo or flat")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}: use {' or '.join(OBJECTIVES)}")
+    t_B = draw_times(t_range, rng, sampling_eps, x0_BL.device)
+    sigma_B, dsigma_B = noise(t_B)
+    xt_BL = corrupt(order, graph, x0_BL, sigma_B, rng, fixed_BL, real_BL, segments_BL)
+    log_score_BLV = model(xt_BL, sigma_B)
+    if stats is not None and graph.absorb:
+        stats["token_acc"] = masked_token_accuracy(log_score_BLV, xt_BL, x0_BL, fixed_BL, graph)
+    return OBJECTIVES[objective](log_score_BLV, graph, xt_BL, x0_BL, fixed_BL, sigma_B,
+                                 dsigma_B, weighting)
+
+
+def draw_times(t_range: tuple[float | Tensor, float | Tensor], rng: Draws, sampling_eps: float,
+               device: torch.device) -> Tensor:
+    """A time per row from U[lo, hi] (two floats, or two [B] tensors), away from 0."""
     lo, hi = t_range
     lo = lo.clamp(min=sampling_eps) if isinstance(lo, Tensor) else max(float(lo), sampling_eps)
     hi = hi if isinstance(hi, Tensor) else float(hi)
     if not bool(((torch.as_tensor(lo) <= hi) & (torch.as_tensor(hi) <= 1)).all()):
         raise ValueError(f"backbone.t_range={list(t_range)} must satisfy 0 <= lo <= hi <= 1")
-    t_B = (hi - lo) * rng.rand().to(x0_BL.device) + lo
-    # 2. total noise and its rate
-    sigma_B, dsigma_B = noise(t_B)
-    # 3. corrupt the target, keep the source clean
+    return (hi - lo) * rng.rand().to(device) + lo
+
+
+def corrupt(order: str, graph: Graph, x0_BL: Tensor, sigma_B: Tensor, rng: Draws,
+            fixed_BL: Tensor, real_BL: Tensor | None, segments_BL: Tensor | None) -> Tensor:
+    """The noisy target at noise level sigma; the source (fixed_BL) stays clean."""
     if order == "left_to_right":
-        xt_BL = mask_suffix(x0_BL, sigma_B, rng, fixed_BL, graph.dim - 1, real_BL, segments_BL)
-    elif order == "random":
-        xt_BL = graph.sample_transition(x0_BL, sigma_B, rng, fixed_BL)
-    else:
-        raise ValueError(f"unknown mask order {order!r}: use random or left_to_right")
-    # 4. log-scores of the noisy sequence
-    log_score_BLV = model(xt_BL, sigma_B)
-    if stats is not None and graph.absorb:
-        with torch.no_grad():
-            masked_BL = (xt_BL == graph.dim - 1) & ~fixed_BL
-            hit_BL = log_score_BLV[..., :-1].argmax(-1) == x0_BL
-            stats["token_acc"] = (hit_BL & masked_BL).sum().item() / max(int(masked_BL.sum()), 1)
-    if objective == "cross_entropy":
-        masked_BL = (xt_BL == graph.dim - 1) & ~fixed_BL
-        logp_BLV = torch.log_softmax(log_score_BLV[..., :-1], dim=-1)
-        ce_BL = -logp_BLV.gather(-1, x0_BL[..., None]).squeeze(-1) * masked_BL
-        weight_B = torch.ones_like(sigma_B) if weighting == "flat" else dsigma_B / expm1_sigma(sigma_B)
-        return weight_B * ce_BL.sum(-1)
-    if objective != "score_entropy":
-        raise ValueError(f"unknown objective {objective!r}: use score_entropy or cross_entropy")
-    # 5. score entropy on the non-fixed positions, weighted by sigma'(t), summed over positions
-    se_BL = graph.score_entropy(log_score_BLV, sigma_B, xt_BL, x0_BL)
-    se_BL = se_BL.masked_fill(fixed_BL, 0.0)
+        return mask_suffix(x0_BL, sigma_B, rng, fixed_BL, graph.dim - 1, real_BL, segments_BL)
+    if order == "random":
+        return graph.sample_transition(x0_BL, sigma_B, rng, fixed_BL)
+    raise ValueError(f"unknown mask order {order!r}: use random or left_to_right")
+
+
+@torch.no_grad()
+def masked_token_accuracy(log_score_BLV: Tensor, xt_BL: Tensor, x0_BL: Tensor, fixed_BL: Tensor,
+                          graph: Graph) -> float:
+    """Share of masked target tokens whose highest-scoring token is the clean one."""
+    masked_BL = (xt_BL == graph.dim - 1) & ~fixed_BL
+    hit_BL = log_score_BLV[..., :-1].argmax(-1) == x0_BL
+    return (hit_BL & masked_BL).sum().item() / max(int(masked_BL.sum()), 1)
+
+
+def score_entropy_objective(log_score_BLV: Tensor, graph: Graph, xt_BL: Tensor, x0_BL: Tensor,
+                            fixed_BL: Tensor, sigma_B: Tensor, dsigma_B: Tensor,
+                            weighting: str) -> Tensor:
+    """SEDD: score entropy on the non-fixed positions, weighted by sigma'(t), summed [B]."""
+    se_BL = graph.score_entropy(log_score_BLV, sigma_B, xt_BL, x0_BL).masked_fill(fixed_BL, 0.0)
     loss_B = (dsigma_B[:, None] * se_BL).sum(-1)
-    if weighting == "flat":
-        return loss_B * expm1_sigma(sigma_B) / dsigma_B
-    if weighting != "elbo":
-        raise ValueError(f"unknown loss weighting {weighting!r}: use elbo or flat")
-    return loss_B
+    return loss_B * expm1_sigma(sigma_B) / dsigma_B if weighting == "flat" else loss_B
+
+
+def denoiser_objective(log_score_BLV: Tensor, graph: Graph, xt_BL: Tensor, x0_BL: Tensor,
+                       fixed_BL: Tensor, sigma_B: Tensor, dsigma_B: Tensor,
+                       weighting: str) -> Tensor:
+    """MDLM-style: cross-entropy of the clean token at masked positions, ELBO-weighted [B]."""
+    masked_BL = (xt_BL == graph.dim - 1) & ~fixed_BL
+    logp_BLV = torch.log_softmax(log_score_BLV[..., :-1], dim=-1)
+    ce_BL = -logp_BLV.gather(-1, x0_BL[..., None]).squeeze(-1) * masked_BL
+    weight_B = torch.ones_like(sigma_B) if weighting == "flat" else dsigma_B / expm1_sigma(sigma_B)
+    return weight_B * ce_BL.sum(-1)
+
+
+OBJECTIVES = {"score_entropy": score_entropy_objective, "cross_entropy": denoiser_objective}
 
 
 def denoiser_log_score(logits_BLV: Tensor, sigma_B: Tensor) -> Tensor:
