@@ -25,7 +25,7 @@ with `block(k) <= block(q)`, which gives each query exactly the view it had in t
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -164,6 +164,44 @@ class PrefixCache:
         return score
 
 
+class BlockView(NamedTuple):
+    """What one block's reverse process sees: per active row, the block's positions, which of
+    them exist, their starting tokens and the score function over them."""
+
+    positions: Tensor  # [R, N]
+    valid: Tensor  # [R, N] the block's own positions inside the row
+    start: Tensor  # [R, N] masks to generate, PAD elsewhere
+    score: Callable[[Tensor, Tensor], Tensor]
+    before: Tensor | None  # [R] the token before the block (cached path)
+
+
+def _cached_view(cache: "PrefixCache", x_BL: Tensor, rows: Tensor, prompt_B: Tensor, block: int,
+                 size: int, mask_id: int, pad_id: int) -> BlockView:
+    """The block's own tokens only, attending to the cached clean prefix."""
+    length = x_BL.shape[1]
+    positions_RN = (prompt_B[rows, None] + (block - 1) * size
+                    + torch.arange(size, device=x_BL.device))
+    valid_RN = positions_RN < length
+    start_RN = torch.where(valid_RN, mask_id, pad_id)
+    before_R = x_BL[rows, (positions_RN[:, 0] - 1).clamp(0, length - 1)]
+    return BlockView(positions_RN, valid_RN, start_RN,
+                     cache.score_fn(positions_RN, valid_RN, before_R), before_R)
+
+
+def _recomputed_view(log_score: Callable[..., Tensor], x_BL: Tensor, blocks_BL: Tensor,
+                     rows: Tensor, block: int, pad_id: int) -> BlockView:
+    """The row up to the block's end, recomputed at every call; later positions are never
+    attended, and later blocks (of rows with a shorter prefix) are neither masked nor made."""
+    in_block_RL = blocks_BL[rows] == block
+    end = int(in_block_RL.nonzero()[:, 1].max()) + 1 if in_block_RL.any() else 0
+    valid_RN, view_RN = in_block_RL[:, :end], blocks_BL[rows, :end]
+    positions_RN = torch.arange(end, device=x_BL.device).expand_as(view_RN)
+    start_RN = torch.where(view_RN > block, pad_id, x_BL[rows, :end])
+    attn_mask = block_causal_mask(view_RN)
+    return BlockView(positions_RN, valid_RN, start_RN,
+                     lambda x, sigma: log_score(x, sigma, attn_mask).exp(), None)
+
+
 def sample_blocks(log_score: Callable[..., Tensor], graph: Graph, noise: Noise, ids_BL: Tensor,
                   fixed_BL: Tensor, size: int, steps: int, generator: torch.Generator, *,
                   eos_id: int, pad_id: int, predictor: str, denoise: bool,
@@ -185,7 +223,6 @@ def sample_blocks(log_score: Callable[..., Tensor], graph: Graph, noise: Noise, 
     if not graph.absorb:
         raise ValueError("block diffusion (backbone.block_tokens) needs graph.type=absorb")
     mask_id = graph.dim - 1
-    length = ids_BL.shape[1]
     blocks_BL = block_ids(fixed_BL, size)
     prompt_B = fixed_BL.sum(1)
     x_BL = torch.where(fixed_BL, ids_BL, mask_id)
@@ -201,22 +238,10 @@ def sample_blocks(log_score: Callable[..., Tensor], graph: Graph, noise: Noise, 
     row_nfe_B = torch.zeros(ids_BL.shape[0], dtype=torch.long, device=ids_BL.device)
     for block in range(1, int(blocks_BL.max()) + 1):
         rows = active_B.nonzero().squeeze(1)
-        if cache is not None:  # the block's own tokens only
-            positions_RN = (prompt_B[rows, None] + (block - 1) * size
-                            + torch.arange(size, device=ids_BL.device))
-            valid_RN = positions_RN < length
-            start_RN = torch.where(valid_RN, mask_id, pad_id)
-            before_R = x_BL[rows, (positions_RN[:, 0] - 1).clamp(0, length - 1)]
-            score = cache.score_fn(positions_RN, valid_RN, before_R)
-        else:  # the row up to the block's end; later positions are never attended
-            in_block_RL = blocks_BL[rows] == block
-            end = int(in_block_RL.nonzero()[:, 1].max()) + 1 if in_block_RL.any() else 0
-            valid_RN, view_RN = in_block_RL[:, :end], blocks_BL[rows, :end]
-            positions_RN = torch.arange(end, device=ids_BL.device).expand_as(view_RN)
-            # later blocks (of rows with a shorter prefix) are neither masked nor generated here
-            start_RN = torch.where(view_RN > block, pad_id, x_BL[rows, :end])
-            attn_mask = block_causal_mask(view_RN)
-            score = lambda x, sigma: log_score(x, sigma, attn_mask).exp()  # noqa: E731
+        view = (_cached_view(cache, x_BL, rows, prompt_B, block, size, mask_id, pad_id)
+                if cache is not None else
+                _recomputed_view(log_score, x_BL, blocks_BL, rows, block, pad_id))
+        positions_RN, valid_RN, start_RN, score = view.positions, view.valid, view.start, view.score
         if not valid_RN.any():
             break
         where = (rows[:, None].expand_as(positions_RN)[valid_RN], positions_RN[valid_RN])
@@ -233,7 +258,7 @@ def sample_blocks(log_score: Callable[..., Tensor], graph: Graph, noise: Noise, 
         ended_RN = (result.ids == eos_id) | (result.ids == pad_id)
         active_B[rows] = ~(ended_RN & valid_RN).any(1)
         if cache is not None:
-            cache.finish(result.ids, positions_RN, valid_RN, before_R)
+            cache.finish(result.ids, positions_RN, valid_RN, view.before)
             cache.keep(active_B[rows].nonzero().squeeze(1))
         if not active_B.any():
             break
