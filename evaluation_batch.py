@@ -24,6 +24,7 @@ import torch
 from dot import distributed
 from dot.checkpoint import HUB_ID, CheckpointError, latest_run, run_checkpoint, snapshot_step
 from dot.data import load_eval_split
+from dot.decoding import Decoding
 from dot.evaluate import evaluate, format_summary, result_name
 from dot.loading import load_for_eval
 from dot.report.per_thought import format_per_thought, per_thought_accuracy, write_per_thought
@@ -183,21 +184,20 @@ def run(args: argparse.Namespace, device: torch.device, is_main: bool) -> int:
                        "(data.multipass=false; add --cot to force it)", file=sys.stderr)
             return 2
         generator = torch.Generator(device=device).manual_seed(args.seed)
-        rows = per_thought_accuracy(backbone, task, examples, seq_len=args.seq_len or cfg.seq_len,
-                                    steps=steps, generator=generator,
-                                    batch_size=args.batch_size, **options)
+        rows = per_thought_accuracy(backbone, task, examples, Decoding(steps, options=options),
+                                    seq_len=args.seq_len or cfg.seq_len, generator=generator,
+                                    batch_size=args.batch_size)
         print_main(format_per_thought(rows))
         path = write_per_thought(out.with_name(out.name + "-per_thought.json"), rows,
                                  source=source, steps=steps)
         print_main(f"results: {path}")
         return 0
-    summary = evaluate(backbone, task, examples, seq_len=args.seq_len or cfg.seq_len,
-                       steps=steps, out=out, runs=args.runs, seed=args.seed,
-                       multipass=multipass, hidden_thought=cfg.data.hidden_thought,
-                       max_passes=args.cot_steps or cfg.eval.cot_steps,
-                       batch_size=args.batch_size, record_chain=args.save_chain,
-                       progress=not args.no_progress, source_name=source, shard=True,
-                       **options)
+    decoding = Decoding(steps, multipass, args.cot_steps or cfg.eval.cot_steps,
+                        args.save_chain, options)
+    summary = evaluate(backbone, task, examples, decoding, seq_len=args.seq_len or cfg.seq_len,
+                       out=out, runs=args.runs, seed=args.seed,
+                       hidden_thought=cfg.data.hidden_thought, batch_size=args.batch_size,
+                       progress=not args.no_progress, source_name=source, shard=True)
     print_main(format_summary(summary))
     print_main(f"results: {summary['results']}")
     if not is_main:

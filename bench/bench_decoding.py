@@ -24,6 +24,7 @@ import torch
 from _common import RESULTS, machine_line, pick_device, print_table, write_csv
 from dot.checkpoint import CheckpointError
 from dot.data import load_split
+from dot.decoding import Decoding
 from dot.evaluate import evaluate
 from dot.loading import load_for_eval
 from dot.tasks import get_task
@@ -89,9 +90,10 @@ def run(models: list[Model], batch_sizes: list[int], limit: int, rounds: int, sp
         for _ in range(rounds):
             for model, backbone, cfg in loaded:
                 steps = model.steps or cfg.sampling.steps
-                s = evaluate(backbone, task, examples, seq_len=cfg.seq_len, steps=steps,
-                             multipass=cfg.data.multipass, batch_size=batch, progress=False,
-                             max_passes=cfg.eval.cot_steps, **model.options)
+                decoding = Decoding(steps, cfg.data.multipass, cfg.eval.cot_steps,
+                                    options=model.options)
+                s = evaluate(backbone, task, examples, decoding, seq_len=cfg.seq_len,
+                             batch_size=batch, progress=False)
                 speeds[model.label].append(s["examples_per_s"])
                 summaries[model.label] = s
         for model, _, cfg in loaded:

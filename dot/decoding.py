@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -19,6 +19,18 @@ from dot.backbone import Backbone
 from dot.collate import collate_prompts
 from dot.tasks import Task
 from dot.tokenization import Tokenizer
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How to decode, from the command line to the sampler: denoising steps T, DoT-MP passes,
+    chain recording, and the backbone's sampler options (`Backbone.sample_options`)."""
+
+    steps: int
+    multipass: bool = False
+    max_passes: int = 12
+    record_chain: bool = False
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -52,15 +64,15 @@ def cut_generated(ids: list[int], tok: Tokenizer, stop_at_pad: bool) -> tuple[li
     return out, False
 
 
-def generate(backbone: Backbone, task: Task, prompts: list[list[int]], *, seq_len: int,
-             steps: int, generator: torch.Generator, multipass: bool = False,
-             max_passes: int = 12, record_chain: bool = False, names: list[str] | None = None,
-             **options: Any) -> list[Generation]:
+def generate(backbone: Backbone, task: Task, prompts: list[list[int]], decoding: Decoding, *,
+             seq_len: int, generator: torch.Generator,
+             names: list[str] | None = None) -> list[Generation]:
     """Generate the reasoning chain of every prompt (prompt ids without SEP)."""
     tok = backbone.tokenizer
+    multipass, record_chain = decoding.multipass, decoding.record_chain
     gens = [Generation(chain=[] if record_chain else None) for _ in prompts]
     active = list(range(len(prompts)))
-    for _ in range(max_passes if multipass else 1):
+    for _ in range(decoding.max_passes if multipass else 1):
         prefixes = {r: list(prompts[r]) + gens[r].ids + [tok.sep_id] for r in active}
         if multipass:  # a prefix that overflows after a thought ends the chain; a prompt
             for r in active:  # that leaves no room at all is an error, as in single pass
@@ -73,8 +85,8 @@ def generate(backbone: Backbone, task: Task, prompts: list[list[int]], *, seq_le
                                      [names[r] for r in active] if names else None)
         device = next(backbone.model.parameters()).device
         start = time.perf_counter()
-        result = backbone.sample(ids.to(device), fixed.to(device), steps, generator,
-                                 record_chain=record_chain, **options)
+        result = backbone.sample(ids.to(device), fixed.to(device), decoding.steps, generator,
+                                 record_chain=record_chain, **decoding.options)
         share = (time.perf_counter() - start) / len(active)
         out = result.ids.cpu().tolist()
         for j, r in enumerate(active):

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from dot import distributed
 from dot.backbone import Backbone
-from dot.decoding import generate
+from dot.decoding import Decoding, generate
 from dot.examples import tokenize
 from dot.results import write_records, write_text_atomic
 from dot.rng import seed_key
@@ -44,12 +44,11 @@ def result_name(split: str, steps: int, multipass: bool = False, options: dict[s
             + (f"-runs{runs}" if runs > 1 else "") + (f"-first{first}" if first else ""))
 
 
-def evaluate(backbone: Backbone, task: Task, examples: list[Example], *, seq_len: int,
-             steps: int, out: str | Path | None = None, runs: int = 1, seed: int = 2024,
-             multipass: bool = False, hidden_thought: bool = False, max_passes: int = 12,
-             batch_size: int = 64, record_chain: bool = False, progress: bool = True,
-             source_name: str = "", notes: dict[str, Any] | None = None, shard: bool = False,
-             **options: Any) -> dict[str, Any]:
+def evaluate(backbone: Backbone, task: Task, examples: list[Example], decoding: Decoding, *,
+             seq_len: int, out: str | Path | None = None, runs: int = 1, seed: int = 2024,
+             hidden_thought: bool = False, batch_size: int = 64, progress: bool = True,
+             source_name: str = "", notes: dict[str, Any] | None = None,
+             shard: bool = False) -> dict[str, Any]:
     """Decode, score and (with `out`) write the records and the summary; `notes` are extra
     summary keys (e.g. the trainer's `training_cut_short`).
 
@@ -65,7 +64,7 @@ def evaluate(backbone: Backbone, task: Task, examples: list[Example], *, seq_len
             for b, lo in enumerate(range(0, len(examples), batch_size))][rank::world]
     start = time.perf_counter()
     bar = tqdm(total=sum(min(batch_size, len(examples) - lo) for _, _, lo in jobs),
-               desc=f"decode T={steps}" + (f" (process {rank} of {world})" if world > 1 else ""),
+               desc=f"decode T={decoding.steps}" + (f" (process {rank} of {world})" if world > 1 else ""),
                disable=not progress or rank > 0, unit="ex",
                mininterval=0.5 if sys.stderr.isatty() else 30)
     generator = torch.Generator(device=next(backbone.model.parameters()).device)
@@ -73,11 +72,10 @@ def evaluate(backbone: Backbone, task: Task, examples: list[Example], *, seq_len
     for run, b, lo in jobs:
         generator.manual_seed(seed_key(seed + run, b))
         batch = range(lo, min(lo + batch_size, len(examples)))
-        gens = generate(backbone, task, [list(tokenized[i].prompt) for i in batch],
-                        seq_len=seq_len, steps=steps, generator=generator,
-                        multipass=multipass, max_passes=max_passes, record_chain=record_chain,
+        gens = generate(backbone, task, [list(tokenized[i].prompt) for i in batch], decoding,
+                        seq_len=seq_len, generator=generator,
                         names=[f"{source_name or task.name} example {examples[i].task_id}"
-                               for i in batch], **options)
+                               for i in batch])
         for i, g in zip(batch, gens):
             text = tok.decode(g.ids)
             answer = task.extract_answer(text)
@@ -85,8 +83,8 @@ def evaluate(backbone: Backbone, task: Task, examples: list[Example], *, seq_len
                        question=examples[i].source, gold=golds[i], prediction=text,
                        answer=answer, correct=answer == golds[i], nfe=g.nfe,
                        seconds=round(g.seconds, 6), token_acc=token_accuracy(g.ids, tokenized[i].target),
-                       passes=len(g.thoughts), stop=g.stop_reason, steps=steps)
-            if record_chain:
+                       passes=len(g.thoughts), stop=g.stop_reason, steps=decoding.steps)
+            if decoding.record_chain:
                 rec["chain"] = g.chain
             decoded.append((run, i, rec))
         bar.update(len(batch))
@@ -98,8 +96,9 @@ def evaluate(backbone: Backbone, task: Task, examples: list[Example], *, seq_len
     records = [rec for _, _, rec in sorted(decoded, key=lambda d: d[:2])]
     elapsed = time.perf_counter() - start
     summary = summarise(records, runs)
-    summary.update(steps=steps, multipass=multipass, seconds=elapsed,
-                   examples_per_s=len(records) / elapsed, options=options, source=source_name,
+    summary.update(steps=decoding.steps, multipass=decoding.multipass, seconds=elapsed,
+                   examples_per_s=len(records) / elapsed, options=dict(decoding.options),
+                   source=source_name,
                    **(notes or {}))
     if out is not None:
         out = Path(out)

@@ -31,6 +31,7 @@ from dot.checkpoint import FORMAT, META, dot_run_of, load_checkpoint, load_run_w
 from dot.collate import collate
 from dot.config import check_config
 from dot.data import load_eval_split, load_split
+from dot.decoding import Decoding
 from dot.ema import EMA
 from dot.evaluate import evaluate, format_summary, result_name
 from dot.examples import TokenizedExample, tokenize, training_pair
@@ -372,28 +373,27 @@ class Trainer:
         if not self.ctx.is_main:
             yield None
             return
-        copy = backbone_class(self.cfg.backbone.name).from_config(self.cfg, self.tokenizer)
+        copy = backbone_class(self.cfg.backbone.name).from_config(
+            OmegaConf.merge(self.cfg, {"init": "scratch"}), self.tokenizer)  # weights follow
         copy.model.load_state_dict(state)
         copy.model.to(self.ctx.device)
         yield copy
 
     def decode(self, examples: list[Example], out: Path | None, progress: bool = False,
-               **kwargs: Any) -> dict[str, Any] | None:
-        """Decode examples with the EMA weights and the configured sampler on process 0.
-
-        Every process calls it (under fsdp gathering the weights is collective); the others
-        get None.
+               notes: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Decode examples with the EMA weights and the run's own decoding (`sampling.*`) on
+        process 0. Every process calls it (under fsdp gathering the weights is collective);
+        the others get None.
         """
-        scfg, ecfg = self.cfg.sampling, self.cfg.eval
+        decoding = Decoding(self.cfg.sampling.steps, self.cfg.data.multipass,
+                            self.cfg.eval.cot_steps)
         with self._decoding_backbone() as backbone:
             if backbone is None:
                 return None
-            return evaluate(backbone, self.task, examples, seq_len=self.seq_len,
-                            steps=kwargs.pop("steps", scfg.steps), out=out,
-                            multipass=self.cfg.data.multipass,
-                            hidden_thought=self.cfg.data.hidden_thought,
-                            max_passes=ecfg.cot_steps, batch_size=ecfg.batch_size,
-                            progress=progress, source_name=self.test_source, **kwargs)
+            return evaluate(backbone, self.task, examples, decoding, seq_len=self.seq_len,
+                            out=out, hidden_thought=self.cfg.data.hidden_thought,
+                            batch_size=self.cfg.eval.batch_size, progress=progress,
+                            source_name=self.test_source, notes=notes)
 
     def run(self) -> dict[str, Any] | None:
         with logging_redirect_tqdm():  # log lines print above the progress bar, not glued to it

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dot.backbone import Backbone, SampleResult
-from dot.decoding import generate
+from dot.decoding import Decoding, generate
 from dot.evaluate import evaluate
 from dot.examples import tokenize
 from dot.tasks import format_example, get_task
@@ -55,8 +55,8 @@ def _prompts():
 
 def test_multipass_rebuilds_prefix_from_ids_and_finishes_each_example():
     oracle = Oracle()
-    gens = generate(oracle, TASK, _prompts(), seq_len=64, steps=4,
-                    generator=torch.Generator(), multipass=True, max_passes=10)
+    gens = generate(oracle, TASK, _prompts(), Decoding(4, multipass=True, max_passes=10),
+                    seq_len=64, generator=torch.Generator())
     for g, ex in zip(gens, EXAMPLES):
         assert TOK.decode(g.ids) == "".join(ex.thoughts)
         assert len(g.thoughts) == len(ex.thoughts) and g.finished and g.stop_reason == "eos"
@@ -66,8 +66,8 @@ def test_multipass_rebuilds_prefix_from_ids_and_finishes_each_example():
 
 def test_finished_examples_leave_the_batch_and_max_passes_is_respected():
     oracle = Oracle(stop_after=0)
-    gens = generate(oracle, TASK, _prompts(), seq_len=64, steps=2,
-                    generator=torch.Generator(), multipass=True, max_passes=5)
+    gens = generate(oracle, TASK, _prompts(), Decoding(2, multipass=True, max_passes=5),
+                    seq_len=64, generator=torch.Generator())
     n = len(EXAMPLES[1].thoughts)  # 3 thoughts for 2x2
     assert oracle.batch_sizes == [3] * n + [1] * (5 - n)
     assert gens[0].stop_reason == "max passes" and not gens[0].finished
@@ -76,8 +76,8 @@ def test_finished_examples_leave_the_batch_and_max_passes_is_respected():
 
 def test_evaluate_writes_records_and_scores(tmp_path):
     oracle = Oracle()
-    summary = evaluate(oracle, TASK, EXAMPLES, seq_len=64, steps=3, out=tmp_path / "r",
-                       runs=2, multipass=True, progress=False)
+    summary = evaluate(oracle, TASK, EXAMPLES, Decoding(3, multipass=True), seq_len=64,
+                       out=tmp_path / "r", runs=2, progress=False)
     assert summary["accuracy"] == 1.0 and summary["sc"] == {1: 1.0, 2: 1.0}
     assert summary["token_acc"] == 1.0
     lines = (tmp_path / "r.jsonl").read_text().splitlines()
@@ -108,7 +108,7 @@ def test_per_thought_accuracy_charges_each_error_to_its_thought():
     assert all(len(e.thoughts) == n for e in EXAMPLES)
     # batch 2 splits the examples across calls; the oracle fails on any non-gold prefix, so
     # this also checks that every pass starts from the gold earlier thoughts
-    rows = per_thought_accuracy(FlawedOracle(), TASK, EXAMPLES, seq_len=64, steps=1,
+    rows = per_thought_accuracy(FlawedOracle(), TASK, EXAMPLES, Decoding(1), seq_len=64,
                                 generator=torch.Generator(), batch_size=2)
     expected = [1.0, 2 / 3] + [1.0] * (n - 3) + [2 / 3]
     assert [r["thought"] for r in rows] == list(range(n))

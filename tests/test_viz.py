@@ -85,6 +85,7 @@ def real_record(tmp_path_factory):
     from dot.backbone import backbone_class
     from dot.config import compose_config
     from dot.data import load_split
+    from dot.decoding import Decoding
     from dot.evaluate import evaluate
     from dot.tasks import get_task
 
@@ -95,7 +96,7 @@ def real_record(tmp_path_factory):
     task = get_task("mult2x2")
     examples, _ = load_split(task, "test")
     out = tmp_path_factory.mktemp("run") / "eval" / "T6"
-    evaluate(backbone, task, examples[:2], seq_len=40, steps=6, out=out, record_chain=True,
+    evaluate(backbone, task, examples[:2], Decoding(6, record_chain=True), seq_len=40, out=out,
              progress=False)
     path = out.with_suffix(".jsonl")
     return path, [json.loads(line) for line in path.read_text().splitlines()]

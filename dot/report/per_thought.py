@@ -8,22 +8,23 @@ thought k of every example is decoded once from the *gold* question and gold tho
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dot.backbone import Backbone
-from dot.decoding import generate
+from dot.decoding import Decoding, generate
 from dot.examples import tokenize
 from dot.results import write_text_atomic
 from dot.scoring import token_accuracy
 from dot.tasks import Example, Task
 
 
-def per_thought_accuracy(backbone: Backbone, task: Task, examples: list[Example], *,
-                         seq_len: int, steps: int, generator: torch.Generator,
-                         batch_size: int = 64, **options: Any) -> list[dict[str, Any]]:
+def per_thought_accuracy(backbone: Backbone, task: Task, examples: list[Example],
+                         decoding: Decoding, *, seq_len: int, generator: torch.Generator,
+                         batch_size: int = 64) -> list[dict[str, Any]]:
     """One row per thought index k: examples that have a thought k, the share exact, and the
     mean share of the gold thought's tokens matched position by position (`tokens`).
 
@@ -32,6 +33,7 @@ def per_thought_accuracy(backbone: Backbone, task: Task, examples: list[Example]
     """
     tok = backbone.tokenizer
     tokenized = [tokenize(e, task, tok) for e in examples]
+    one_pass = replace(decoding, multipass=True, max_passes=1, record_chain=False)
     rows = []
     for k in range(max(len(t.thoughts) for t in tokenized)):
         having = [t for t in tokenized if k < len(t.thoughts)]
@@ -40,8 +42,8 @@ def per_thought_accuracy(backbone: Backbone, task: Task, examples: list[Example]
             chunk = having[lo: lo + batch_size]
             gold_prefixes = [list(t.prompt) + [i for th in t.thoughts[:k] for i in th]
                              for t in chunk]
-            gens = generate(backbone, task, gold_prefixes, seq_len=seq_len, steps=steps,
-                            generator=generator, multipass=True, max_passes=1, **options)
+            gens = generate(backbone, task, gold_prefixes, one_pass, seq_len=seq_len,
+                            generator=generator)
             for g, t in zip(gens, chunk):
                 exact += g.ids == list(t.thoughts[k])
                 tokens += token_accuracy(g.ids, t.thoughts[k])
