@@ -9,6 +9,8 @@ from typing import Any, Callable
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+from dot.checkpoint import HUB_ID
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -89,6 +91,13 @@ def check_config(cfg: DictConfig) -> None:
             bad.append(f"{key} is missing")
         elif not check(value):
             bad.append(f"{key}={value!r} must be {want}")
+    for key in ("data.train", "data.valid", "data.test"):  # files the user named must exist
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not Path(str(value)).is_file():
+            bad.append(f"{key}={value}: no such file")
+    init = str(OmegaConf.select(cfg, "init", default="scratch"))
+    if init != "scratch" and not Path(init).exists() and not HUB_ID.match(init):
+        bad.append(f"init={init}: no such file or folder, nor a hub id (owner/name)")
     if bad:
         raise ConfigError("bad config: " + "; ".join(bad))
 

@@ -216,3 +216,12 @@ def test_tokenizer_files_missing_or_damaged(tmp_path):
     bad = write(tmp_path, "bad.json", '{"model": ')
     with pytest.raises(TokenizerError, match=rf"{bad} cannot be read"):
         load_tokenizer(str(bad))
+
+
+def test_files_named_in_the_config_must_exist(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        check_config(compose_config([f"data.train={tmp_path / 'absent.txt'}",
+                                     f"init={tmp_path / 'no_weights'}"]))
+    assert f"data.train={tmp_path / 'absent.txt'}: no such file" in str(info.value)
+    assert f"init={tmp_path / 'no_weights'}: no such file or folder" in str(info.value)
+    check_config(compose_config(["init=louaaron/sedd-small"]))  # a hub id is fetched later
