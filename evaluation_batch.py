@@ -34,9 +34,7 @@ from dot.tasks import get_task
 # backbone that does not know one rejects it by name.
 SAMPLER_FLAGS = ("predictor", "noise_removal", "threshold", "margin", "block_tokens",
                  "score_temp", "dpm_order", "logit_sample", "logit_temp", "official_dpm",
-                 "official_grid")
-PLAID_FLAGS = {"score_temp", "dpm_order", "logit_sample", "logit_temp", "official_dpm",
-               "official_grid"}
+                 "official_grid", "fix_src")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -85,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Plaid: reproduce the official DoT DPM-Solver (bugs included)")
     g.add_argument("--official_grid", action="store_true", default=None,
                    help="Plaid: reproduce the official ancestral time grid")
-    g.add_argument("--fix_src", action="store_true",
+    g.add_argument("--fix_src", action="store_true", default=None,
                    help="Plaid: condition on the clean source (always on in our sampler; "
                    "accepted for the official command lines)")
     p.add_argument("--tokenizer", help="tokenizer of raw weights (default: owt2 for Plaid, "
@@ -145,14 +143,11 @@ def run(args: argparse.Namespace, device: torch.device, is_main: bool) -> int:
     options = {k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k) is not None}
     if args.dpm_solver:
         options["predictor"] = "dpm_solver"
-    # Without --weights_path: the newest run, of Plaid when a Plaid-only flag is given.
-    plaid_only = args.dpm_solver or args.fix_src or bool(PLAID_FLAGS & set(options))
-    weights = args.weights_path or str(latest_run(backbone="plaid" if plaid_only else None))
+    # Without --weights_path: the newest run whose backbone takes the sampler flags given.
+    weights = args.weights_path or str(latest_run(accepting=options))
     found = run_checkpoint(weights)
     backbone, cfg = load_for_eval(weights, device, digit=args.digit, dataset=args.dataset,
                                   tokenizer=args.tokenizer)
-    if args.fix_src and backbone.name != "plaid":
-        options["fix_src"] = True  # refused below by name, as any flag the backbone lacks
     backbone.check_sample_options(options)
 
     task = get_task(args.dataset or cfg.data.task)

@@ -74,6 +74,7 @@ class Backbone(abc.ABC):
     name: ClassVar[str]
     # Option names `sample` accepts; evaluation rejects any other with a clear error.
     sample_options: ClassVar[frozenset[str]] = frozenset()
+    predictors: ClassVar[frozenset[str]] = frozenset()  # values of the `predictor` option
 
     def __init__(self, cfg: Any, tokenizer: Tokenizer, model: nn.Module):
         self.cfg = cfg
@@ -133,13 +134,26 @@ class Backbone(abc.ABC):
     def after_optimizer_step(self, step: int) -> None:
         """Hook for state a backbone keeps across steps (e.g. Plaid's loss-variance EMAs)."""
 
-    def check_sample_options(self, options: dict[str, Any]) -> None:
-        """Refuse sampler options this backbone does not have (never ignore one silently)."""
-        unknown = sorted(set(options) - self.sample_options)
+    @classmethod
+    def check_sample_options(cls, options: dict[str, Any]) -> None:
+        """Refuse sampler options this backbone does not have, and predictors it does not
+        know (never ignore one silently)."""
+        unknown = sorted(set(options) - cls.sample_options)
         if unknown:
             raise ValueError(f"sampler option(s) {', '.join(unknown)} do not apply to the "
-                             f"{self.name} backbone (it accepts: "
-                             f"{', '.join(sorted(self.sample_options)) or 'none'})")
+                             f"{cls.name} backbone (it accepts: "
+                             f"{', '.join(sorted(cls.sample_options)) or 'none'})")
+        if "predictor" in options and options["predictor"] not in cls.predictors:
+            raise ValueError(f"unknown predictor {options['predictor']!r} for the {cls.name} "
+                             f"backbone; use one of {sorted(cls.predictors)} (sampling.predictor)")
+
+    @classmethod
+    def accepts(cls, options: dict[str, Any]) -> bool:
+        try:
+            cls.check_sample_options(options)
+        except ValueError:
+            return False
+        return True
 
     @abc.abstractmethod
     def sample(self, input_ids: Tensor, fixed_mask: Tensor, steps: int,

@@ -109,26 +109,29 @@ def snapshot_step(path: Path) -> int | None:
     return None
 
 
-def latest_run(root: str | Path = RUNS_ROOT, backbone: str | None = None) -> Path:
-    """The most recently written run folder under `root` (optionally of one backbone)."""
+def latest_run(root: str | Path = RUNS_ROOT, accepting: dict[str, Any] | None = None) -> Path:
+    """The most recently written run folder under `root`; with `accepting`, the newest whose
+    backbone takes those sampler options (`Backbone.accepts`: e.g. predictor=dpm_solver)."""
     from omegaconf import OmegaConf
+
+    from dot.backbone import backbone_class
 
     runs = [p.parents[1] for p in Path(root).glob("**/checkpoints-meta/checkpoint.pth")]
     runs = sorted((r for r in runs if is_run_dir(r)), key=lambda r: (r / META).stat().st_mtime)
     if not runs:
         raise CheckpointError(f"no run folder with {META} under {Path(root).resolve()}; train one "
                               "with `python finetune.py` or pass --weights_path")
-    if backbone is None:
+    if not accepting:
         return runs[-1]
     names = {r: OmegaConf.load(r / ".hydra" / "config.yaml").get("backbone", {}).get("name")
              for r in runs}
-    mine = [r for r in runs if names[r] == backbone]
+    mine = [r for r in runs if names[r] and backbone_class(names[r]).accepts(accepting)]
     if not mine:
         others = ", ".join(f"{names[r]} ({r})" for r in runs[-3:])
+        flags = ", ".join(f"{k}={v}" for k, v in accepting.items())
         raise CheckpointError(
-            f"no {backbone} run under {Path(root).resolve()}, and the flags given apply to "
-            f"{backbone} only; the newest runs there are of other backbones: {others}. Pass "
-            f"--weights_path, or drop the {backbone}-only flags")
+            f"no run under {Path(root).resolve()} takes the sampler settings given ({flags}); "
+            f"the newest runs there are: {others}. Pass --weights_path, or drop those flags")
     return mine[-1]
 
 

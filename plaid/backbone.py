@@ -25,8 +25,11 @@ class PlaidBackbone(Backbone):
     """
 
     name = "plaid"
+    # fix_src: DoT's evaluation flag, accepted and always on here (DPM conditions on the clean
+    # source; ancestral sampling follows how the model was trained, backbone.fix_src)
     sample_options = frozenset({"predictor", "score_temp", "dpm_order", "logit_sample",
-                                "logit_temp", "official_dpm", "official_grid"})
+                                "logit_temp", "official_dpm", "official_grid", "fix_src"})
+    predictors = frozenset({"ancestral", "dpm_solver", "dpm"})  # dpm: an alias of dpm_solver
 
     def __init__(self, cfg: Any, tokenizer: Tokenizer, model: Plaid):
         super().__init__(cfg, tokenizer, model)
@@ -147,8 +150,8 @@ class PlaidBackbone(Backbone):
         conditioning); DoT's ancestral sampler ignored the source then (§13.9).
         """
         self.check_sample_options(options)
-        opts = {k: self.cfg.sampling[k] for k in self.sample_options}
-        opts.update(options)
+        opts = {k: self.cfg.sampling[k] for k in self.sample_options - {"fix_src"}}
+        opts.update({k: v for k, v in options.items() if k != "fix_src"})
         plaid = self.model
         device = input_ids.device
         embedding = plaid.embedding_matrix()

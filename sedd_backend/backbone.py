@@ -22,12 +22,13 @@ from sedd_backend.load import load_model
 from sedd_backend.losses import denoiser_log_score, score_entropy_loss
 from sedd_backend.model import DDiT, build_model
 from sedd_backend.noise import Noise, get_noise
-from sedd_backend.sampling import ParallelCommit, pc_sample
+from sedd_backend.sampling import PREDICTORS, ParallelCommit, pc_sample
 
 
 class SEDDBackbone(Backbone):
     name = "sedd"
     sample_options = frozenset({"predictor", "noise_removal", "threshold", "margin", "block_tokens"})
+    predictors = frozenset(PREDICTORS)
 
     def __init__(self, cfg: Any, tokenizer: Tokenizer, model: DDiT, graph: Graph, noise: Noise):
         super().__init__(cfg, tokenizer, model)

@@ -230,8 +230,9 @@ def test_plaid_only_flags_without_a_plaid_run_name_the_runs_there(tmp_path):
     (run / ".hydra").mkdir()
     OmegaConf.save(OmegaConf.create({"backbone": {"name": "sedd"}}), run / ".hydra" / "config.yaml")
     assert latest_run(tmp_path / "exp_local") == run
-    with pytest.raises(CheckpointError, match=r"no plaid run .*sedd \(.*only_sedd\)"):
-        latest_run(tmp_path / "exp_local", backbone="plaid")
+    with pytest.raises(CheckpointError, match=r"predictor=dpm_solver.*sedd \(.*only_sedd\)"):
+        latest_run(tmp_path / "exp_local", accepting={"predictor": "dpm_solver"})
+    assert latest_run(tmp_path / "exp_local", accepting={"predictor": "analytic"}) == run
 
 
 @pytest.mark.parametrize("script", ["run_train.sh", "run_eval.sh"])
