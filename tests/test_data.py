@@ -97,6 +97,16 @@ def test_make_mult_cli_writes_file(tmp_path, capsys):
     assert 10 <= a < 100 and 100 <= b < 1000
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["make-mult", "--digits", "abc"], "--digits abc: unknown task 'abc'"),
+    (["make-mult", "--digits", "gsm8k"], "not a multiplication size"),
+])
+def test_data_cli_names_a_bad_task(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        data_cli([*argv, "--root", str(tmp_path)])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("n", ["0", "-5"])
 def test_make_mult_refuses_a_non_positive_count_and_writes_nothing(tmp_path, capsys, n):
     with pytest.raises(SystemExit) as exit_info:

@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "fetch":
-        task = get_task(args.task)
         try:
+            task = get_task(args.task)
             for path in fetch(task.data_dir, args.root, tuple(args.splits), args.mirror):
                 print(f"ok {path}")
         except (DownloadError, ValueError) as err:
@@ -42,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.n < 1:
         parser.error(f"--n must be >= 1 (training lines), got {args.n}")
-    task = get_task(args.digits)
+    try:
+        task = get_task(args.digits)
+    except ValueError as err:
+        parser.error(f"--digits {args.digits}: {err}")
     if not isinstance(task, Multiplication):
         parser.error(f"--digits {args.digits}: not a multiplication size")
     out = args.out or args.root / task.data_dir / f"{args.split}.txt"
