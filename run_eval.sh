@@ -15,10 +15,7 @@ EVAL="$PY evaluation_batch.py"
 # `--help`: every recipe of the case list below, with its comment
 recipes() {
   echo "usage: bash run_eval.sh [RECIPE] [RUN_OR_WEIGHTS] [evaluation_batch.py flags]"; echo "recipes:"
-  awk '/^  [a-z][a-z0-9|-]*\)/ { n = $1; sub(/\).*/, "", n); c = ""; open = 1
-         if (match($0, /\)[ \t]+#[ \t]*/)) c = substr($0, RSTART + RLENGTH) }
-       open && /;;/ { if (c == "" && match($0, /;;[ \t]*#[ \t]*/)) c = substr($0, RSTART + RLENGTH)
-                      printf "  %-22s %s\n", n, c; open = 0 }' "$0"
+  awk -f scripts/list_recipes.awk "$(basename "$0")"  # the script is in the cwd (cd above)
 }
 
 case "$recipe" in

@@ -12,10 +12,7 @@ shift || true
 # `--help`: every recipe of the case list below, with its comment
 recipes() {
   echo "usage: bash run_train.sh RECIPE [Hydra overrides, e.g. training.n_iters=500]"; echo "recipes:"
-  awk '/^  [a-z][a-z0-9|-]*\)/ { n = $1; sub(/\).*/, "", n); c = ""; open = 1
-         if (match($0, /\)[ \t]+#[ \t]*/)) c = substr($0, RSTART + RLENGTH) }
-       open && /;;/ { if (c == "" && match($0, /;;[ \t]*#[ \t]*/)) c = substr($0, RSTART + RLENGTH)
-                      printf "  %-22s %s\n", n, c; open = 0 }' "$0"
+  awk -f scripts/list_recipes.awk "$(basename "$0")"  # the script is in the cwd (cd above)
 }
 
 case "$recipe" in
