@@ -32,7 +32,7 @@ from dot.tasks import get_task
 
 # Sampler flags -> backbone option names; only flags the user gave are passed on, and a
 # backbone that does not know one rejects it by name.
-SAMPLER_FLAGS = ("predictor", "noise_removal", "threshold", "margin", "block_tokens",
+SAMPLER_FLAGS = ("predictor", "noise_removal", "threshold", "margin", "block_tokens", "sliding",
                  "score_temp", "dpm_order", "logit_sample", "logit_temp", "official_dpm",
                  "official_grid", "fix_src")
 
@@ -73,6 +73,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "position whose top-1 beats the top-2 probability by >= this (early commit)")
     g.add_argument("--block_tokens", type=int, help="SEDD block diffusion: decode in blocks of "
                    "this many tokens (default: the run's backbone.block_tokens)")
+    g.add_argument("--sliding", action=argparse.BooleanOptionalAction, default=None,
+                   help="SEDD block models with causal clean attention: one call a block, each "
+                   "block starting after the run the last call wrote (default: the run's "
+                   "sampling.sliding)")
     g.add_argument("--score_temp", type=float, help="Plaid score temperature")
     g.add_argument("--dpm_solver", action="store_true", help="Plaid: DPM-Solver++ "
                    "(= --predictor dpm_solver)")

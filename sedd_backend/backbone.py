@@ -16,18 +16,19 @@ from torch import Tensor, nn
 from dot.backbone import Backbone, Batch, SampleResult
 from dot.rng import RowRandom
 from dot.tokenization import Tokenizer
-from sedd_backend.blocks import block_ids, sample_blocks, two_copy_model
+from sedd_backend.blocks import block_ids, sample_blocks, sample_sliding, two_copy_model
 from sedd_backend.graph import Graph, get_graph
 from sedd_backend.load import load_model
-from sedd_backend.losses import denoiser_log_score, score_entropy_loss
+from sedd_backend.losses import denoiser_log_score, next_token_loss, score_entropy_loss
 from sedd_backend.model import DDiT, build_model
 from sedd_backend.noise import Noise, get_noise
-from sedd_backend.sampling import PREDICTORS, ParallelCommit, pc_sample
+from sedd_backend.sampling import PREDICTORS, LeftToRightPredictor, ParallelCommit, pc_sample
 
 
 class SEDDBackbone(Backbone):
     name = "sedd"
-    sample_options = frozenset({"predictor", "noise_removal", "threshold", "margin", "block_tokens"})
+    sample_options = frozenset({"predictor", "noise_removal", "threshold", "margin", "block_tokens",
+                                "sliding"})
     predictors = frozenset(PREDICTORS)
 
     def __init__(self, cfg: Any, tokenizer: Tokenizer, model: DDiT, graph: Graph, noise: Noise):
@@ -121,7 +122,7 @@ class SEDDBackbone(Backbone):
         """Sum of the rows' score-entropy losses / global batch size (summed by the trainer)."""
         batch = batch.to(self._device())
         bb = self.cfg.backbone  # configs/backbone/sedd.yaml, read strictly
-        model, stats, segments = self.model, {}, None
+        model, stats, segments, clean = self.model, {}, None, {}
         t_range = tuple(bb.t_range)
         if self.block_tokens:
             size = self.block_tokens
@@ -131,14 +132,23 @@ class SEDDBackbone(Backbone):
                 table = torch.tensor([[m.tokens, *m.t_range] for m in layouts],
                                      device=batch.input_ids.device)[pick_B]
                 size, t_range = table[:, 0].long(), (table[:, 1], table[:, 2])
-            model = two_copy_model(self.model, batch.input_ids, batch.fixed_mask, size)
-            segments = block_ids(batch.fixed_mask, size)
+            offset = None
+            if bb.random_block_starts:
+                size_B = torch.as_tensor(size, device=batch.input_ids.device)
+                offset = (rng.rand().to(batch.input_ids.device) * size_B).long()
+            segments = block_ids(batch.fixed_mask, size, offset)
+            model = two_copy_model(self.model, batch.input_ids, batch.fixed_mask, segments,
+                                   causal=bb.clean_attention == "causal", clean_out=clean)
         loss_B = score_entropy_loss(model, self.graph, self.noise, batch.input_ids,
                                     batch.fixed_mask, rng,
                                     weighting=bb.loss_weighting, order=bb.mask_order,
                                     real_BL=batch.attention_mask, objective=bb.objective,
                                     stats=stats, t_range=t_range,
                                     segments_BL=segments)
+        if bb.next_token_loss:
+            ar_B = next_token_loss(clean["out"], batch.input_ids, batch.fixed_mask,
+                                   batch.attention_mask, stats)
+            loss_B = loss_B + bb.next_token_loss * ar_B
         loss = loss_B.sum() / batch.global_batch_size
         return loss, {"loss": loss.item(), **stats}
 
@@ -179,7 +189,10 @@ class SEDDBackbone(Backbone):
             if options.get("block_tokens") and not self.block_tokens:
                 raise ValueError("block_tokens: this model was trained without blocks "
                                  "(backbone.block_tokens=null); decode it whole")
-            if size:
+            if options.get("sliding", sampling.sliding):
+                result = self._sample_sliding(ids_BL, fixed_BL, size, predictor, commit,
+                                              record_chain)
+            elif size:
                 tok = self.tokenizer
                 cached = not self.model.time_conditioning and sampling.kv_cache
                 result = sample_blocks(self.log_score, self.graph, self.noise, ids_BL, fixed_BL,
@@ -198,6 +211,25 @@ class SEDDBackbone(Backbone):
         back = input_ids.device
         chain = None if result.chain is None else [x.to(back) for x in result.chain]
         return SampleResult(result.ids.to(back), result.nfe, chain, result.row_nfe.to(back))
+
+
+    def _sample_sliding(self, ids_BL: Tensor, fixed_BL: Tensor, size: int, predictor: str,
+                        commit: ParallelCommit, record_chain: bool) -> SampleResult:
+        """`sampling.sliding`: one call a block, blocks starting where the last run ended."""
+        bb = self.cfg.backbone
+        if not size or predictor != "left_to_right" or not commit.active:
+            raise ValueError("sampling.sliding needs a block model (backbone.block_tokens), "
+                             "sampling.predictor=left_to_right and sampling.threshold or margin")
+        if self.model.time_conditioning or bb.clean_attention != "causal":
+            raise ValueError("sampling.sliding needs a model trained with "
+                             "backbone.time_conditioning=false and backbone.clean_attention=causal")
+        step = LeftToRightPredictor(self.graph, self.noise)
+        step.commit = commit
+        sigma = self.noise.total_noise(torch.ones(1, device=ids_BL.device))
+        return sample_sliding(self.log_score, step, ids_BL, fixed_BL, size,
+                              len(self.model.blocks), eos_id=self.tokenizer.eos_id,
+                              pad_id=self.tokenizer.pad_id, sigma=sigma,
+                              record_chain=record_chain)
 
 
 def _check_loaded(cfg: Any, tokens: int, model: DDiT, graph: Graph, noise: Noise) -> None:

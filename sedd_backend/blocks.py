@@ -34,20 +34,24 @@ from dot.backbone import SampleResult
 from sedd_backend.graph import Graph
 from sedd_backend.model import previous_ids
 from sedd_backend.noise import Noise
-from sedd_backend.sampling import ParallelCommit, pc_sample
+from sedd_backend.sampling import LeftToRightPredictor, ParallelCommit, pc_sample
 
 # (x_BL, sigma_B, attn_mask_B1LL) -> log-scores [B, L, V]
 MaskedLogScore = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
-def block_ids(fixed_BL: Tensor, size: int | Tensor) -> Tensor:
+def block_ids(fixed_BL: Tensor, size: int | Tensor, offset: Tensor | None = None) -> Tensor:
     """Block index of every position: 0 on the fixed prefix, then 1 + (target rank // size).
 
-    `size` is one block length, or one per row ([B], for training on a mixture of sizes)."""
+    `size` is one block length, or one per row ([B], for training on a mixture of sizes).
+    `offset` ([B], 0 <= offset < size) shifts the boundaries of a row: its first block is
+    `size - offset` tokens long, so blocks start anywhere, as they do in sliding decoding."""
     size_B1 = torch.as_tensor(size, device=fixed_BL.device).reshape(-1, 1)
     if (size_B1 < 1).any():
         raise ValueError(f"backbone.block_tokens must be >= 1, got {size_B1.flatten().tolist()}")
     rank_BL = (~fixed_BL).long().cumsum(1) - 1
+    if offset is not None:
+        rank_BL = rank_BL + offset.reshape(-1, 1)
     return torch.where(fixed_BL, 0, 1 + rank_BL.clamp(min=0) // size_B1)
 
 
@@ -56,30 +60,45 @@ def block_causal_mask(blocks_BL: Tensor) -> Tensor:
     return (blocks_BL[:, None, :] <= blocks_BL[:, :, None])[:, None]
 
 
-def training_mask(blocks_BL: Tensor, start: int = 0) -> Tensor:
+def training_mask(blocks_BL: Tensor, start: int = 0, clean_BL: Tensor | None = None) -> Tensor:
     """[B, 1, N+L, N+L] mask of the noisy copy of positions start.. (N of them), then the clean row.
 
     See the module docstring; positions before `start` are fixed in every row, so their noisy
-    copy would only repeat the clean one and is left out.
+    copy would only repeat the clean one and is left out. `clean_BL` (default `blocks_BL`) are
+    the blocks the clean row attends by: `causal_blocks` makes it causal.
     """
+    clean_BL = blocks_BL if clean_BL is None else clean_BL
     q_BN1, k_B1N = blocks_BL[:, start:, None], blocks_BL[:, None, start:]
-    q_BL1, k_B1L = blocks_BL[:, :, None], blocks_BL[:, None, :]
-    noisy_rows = torch.cat([q_BN1 == k_B1N, k_B1L < q_BN1], dim=2)
-    clean_rows = torch.cat([torch.zeros_like(q_BL1 == k_B1N), k_B1L <= q_BL1], dim=2)
+    q_BL1, k_B1L = clean_BL[:, :, None], clean_BL[:, None, :]
+    noisy_rows = torch.cat([q_BN1 == k_B1N, blocks_BL[:, None, :] < q_BN1], dim=2)
+    clean_rows = torch.cat([torch.zeros_like(blocks_BL[:, :, None] == k_B1N), k_B1L <= q_BL1], dim=2)
     return torch.cat([noisy_rows, clean_rows], dim=1)[:, None]
 
 
+def causal_blocks(fixed_BL: Tensor) -> Tensor:
+    """Blocks of one token after the prompt: the clean row of `backbone.clean_attention=causal`.
+
+    Why: with block-wise attention a clean token's keys depend on the later tokens of its
+    block, so they are only final once the whole block is; with causal attention they depend
+    on nothing after the token, so any decoded run of tokens can be cached as it stands and a
+    block may start anywhere (`sample_sliding`). The clean row is then also an autoregressive
+    model, which `backbone.next_token_loss` trains."""
+    return block_ids(fixed_BL, 1)
+
+
 def two_copy_model(model: Callable[..., Tensor], x0_BL: Tensor, fixed_BL: Tensor,
-                   size: int | Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+                   blocks_BL: Tensor, causal: bool = False,
+                   clean_out: dict[str, Tensor] | None = None) -> Callable[[Tensor, Tensor], Tensor]:
     """`(xt_BL, sigma_B) -> log-scores [B, L, V]` of the noisy tokens, every block at once.
 
     Positions fixed in every row (the shortest prompt) get no noisy copy, so their log-scores
-    come back as zeros; the loss never reads them.
+    come back as zeros; the loss never reads them. `causal`: the clean row attends causally
+    (`causal_blocks`). With a `clean_out` dict, the clean row's outputs [B, L, V] are left in
+    clean_out["out"] (for `backbone.next_token_loss`).
     """
     length = x0_BL.shape[1]
     start = int((~fixed_BL).long().argmax(1).min())  # first position some row generates
-    blocks_BL = block_ids(fixed_BL, size)
-    mask = training_mask(blocks_BL, start)
+    mask = training_mask(blocks_BL, start, causal_blocks(fixed_BL) if causal else None)
     positions = torch.cat([torch.arange(start, length), torch.arange(length)]).to(x0_BL.device)
 
     same_block_BL = torch.cat([torch.zeros_like(blocks_BL[:, :1], dtype=torch.bool),
@@ -92,8 +111,11 @@ def two_copy_model(model: Callable[..., Tensor], x0_BL: Tensor, fixed_BL: Tensor
         # the embedding of the token before it (`model.previous_token`)
         noisy_prev_BN = torch.where(same_block_BL, previous_ids(xt_BL, mask_id),
                                     clean_prev_BL)[:, start:]
-        out_BNV = model(torch.cat([xt_BL[:, start:], x0_BL], dim=1), sigma_B, mask, positions,
-                        prev_BL=torch.cat([noisy_prev_BN, clean_prev_BL], dim=1))[:, :length - start]
+        out_BMV = model(torch.cat([xt_BL[:, start:], x0_BL], dim=1), sigma_B, mask, positions,
+                        prev_BL=torch.cat([noisy_prev_BN, clean_prev_BL], dim=1))
+        out_BNV = out_BMV[:, :length - start]
+        if clean_out is not None:
+            clean_out["out"] = out_BMV[:, length - start:]
         return torch.cat([out_BNV.new_zeros(out_BNV.shape[0], start, out_BNV.shape[2]), out_BNV], 1)
     return log_score
 
@@ -109,11 +131,14 @@ class PrefixCache:
     Cache slots are per row: the prompt (padded to the longest), then `size` slots a block;
     `valid_BS` marks the slots that hold a real token. Every call also passes the id before
     each token (`model.previous_token`), since the tokens of a call are not a whole row.
+    `causal` (`backbone.clean_attention=causal`): a riding-along block attends to itself
+    causally, as the clean row did in training (its tokens are in position order).
     """
 
     def __init__(self, log_score: Callable[..., Tensor], n_layers: int, slots: int,
-                 prompt_ids_BP: Tensor, prompt_valid_BP: Tensor, mask_id: int):
-        self.log_score = log_score
+                 prompt_ids_BP: Tensor, prompt_valid_BP: Tensor, mask_id: int,
+                 causal: bool = False):
+        self.log_score, self.causal = log_score, causal
         self.layers: list[dict] = [{"n": 0, "slots": slots} for _ in range(n_layers)]
         self.valid_BS = prompt_valid_BP[:, :0]
         positions_BP = torch.arange(prompt_ids_BP.shape[1], device=prompt_ids_BP.device)
@@ -151,7 +176,14 @@ class PrefixCache:
                 prev_in = torch.cat([prev_BP, prev_in], 1)
                 keys_BK = torch.cat([self.valid_BS, valid_BP, valid_BN], 1)
                 clean_keys = torch.cat([self.valid_BS, valid_BP, torch.zeros_like(valid_BN)], 1)
-                query_keys = torch.cat([clean_keys[:, None].expand(-1, n_pending, -1),
+                clean_keys_BPK = clean_keys[:, None].expand(-1, n_pending, -1)
+                if self.causal and self.layers[0]["n"] > 0:  # (the prompt sees all of itself)
+                    width = self.valid_BS.shape[1]
+                    later_PP = torch.ones(n_pending, n_pending, dtype=torch.bool,
+                                          device=x_BN.device).triu(1)
+                    clean_keys_BPK = clean_keys_BPK.clone()
+                    clean_keys_BPK[:, :, width:width + n_pending] &= ~later_PP
+                query_keys = torch.cat([clean_keys_BPK,
                                         keys_BK[:, None].expand(-1, x_BN.shape[1], -1)], 1)
             out_BNV = self.log_score(x_in, sigma_B, query_keys[:, None], pos_in, self.layers,
                                      prev_in)
@@ -262,5 +294,61 @@ def sample_blocks(log_score: Callable[..., Tensor], graph: Graph, noise: Noise, 
             cache.keep(active_B[rows].nonzero().squeeze(1))
         if not active_B.any():
             break
+    x_BL = torch.where(x_BL == mask_id, pad_id, x_BL)
+    return SampleResult(x_BL, nfe, chain if record_chain else None, row_nfe_B)
+
+
+def sample_sliding(log_score: Callable[..., Tensor], predictor: LeftToRightPredictor,
+                   ids_BL: Tensor, fixed_BL: Tensor, size: int, n_layers: int, *, eos_id: int,
+                   pad_id: int, sigma: Tensor, record_chain: bool = False) -> SampleResult:
+    """One network call per block, each block starting at the row's first unwritten token.
+
+    A call masks the `size` positions after what is written, and writes the longest run of
+    them that `predictor` commits in reading order (`LeftToRightPredictor.committed`: every
+    position sure by its `commit` rule, and at least the first). The rest is not kept: the
+    next block starts right after the run. So no call is spent on the tail of a fixed block,
+    and a chain costs one call per unsure point. The written run rides along with the next
+    call into the prefix cache. Exact (the view the model had in training) for a network
+    trained with `backbone.clean_attention=causal` and `backbone.random_block_starts`.
+    `sigma` only matters to a sigma-aware network, which the cache does not support anyway.
+    """
+    mask_id = predictor.graph.dim - 1
+    length = ids_BL.shape[1]
+    prompt_B = fixed_BL.sum(1)
+    width = int(prompt_B.max())
+    prompt_valid = torch.arange(width, device=ids_BL.device)[None] < prompt_B[:, None]
+    cache = PrefixCache(log_score, n_layers, width + 2 * size, ids_BL[:, :width], prompt_valid,
+                        mask_id, causal=True)
+    x_BL = torch.where(fixed_BL, ids_BL, mask_id)
+    next_B = prompt_B.clone()  # first unwritten position of every row
+    active_B = next_B < length
+    row_nfe_B = torch.zeros_like(next_B)
+    chain: list[Tensor] = []
+    nfe = 0
+    while active_B.any():
+        rows = active_B.nonzero().squeeze(1)
+        positions_RN = next_B[rows, None] + torch.arange(size, device=ids_BL.device)
+        valid_RN = positions_RN < length
+        before_R = x_BL[rows, positions_RN[:, 0] - 1]
+        start_RN = torch.where(valid_RN, mask_id, pad_id)
+        top1_RN, top2_RN, token_RN = predictor.denoised(
+            cache.score_fn(positions_RN, valid_RN, before_R), start_RN,
+            sigma.expand(len(rows)))
+        run_RN = predictor.committed(valid_RN, top1_RN, top2_RN) & valid_RN
+        run_RN[:, 0] = True
+        end_RN = run_RN & ((token_RN == eos_id) | (token_RN == pad_id))
+        run_RN &= end_RN.long().cumsum(1) - end_RN.long() == 0  # nothing after the row's end
+        written = (rows[:, None].expand_as(positions_RN)[run_RN], positions_RN[run_RN])
+        x_BL[written] = token_RN[run_RN]
+        nfe += 1
+        row_nfe_B[rows] += 1
+        if record_chain:
+            chain.append(x_BL.clone())
+        n_R, ended_R = run_RN.sum(1), end_RN.any(1)
+        next_B[rows] += n_R
+        active_B[rows] = ~ended_R & (next_B[rows] < length)
+        keep = int(n_R.max())  # the runs, padded to the longest, ride along with the next call
+        cache.finish(token_RN[:, :keep], positions_RN[:, :keep], run_RN[:, :keep], before_R)
+        cache.keep(active_B[rows].nonzero().squeeze(1))
     x_BL = torch.where(x_BL == mask_id, pad_id, x_BL)
     return SampleResult(x_BL, nfe, chain if record_chain else None, row_nfe_B)

@@ -144,6 +144,27 @@ def denoiser_objective(log_score_BLV: Tensor, graph: Graph, xt_BL: Tensor, x0_BL
     return weight_B * ce_BL.sum(-1)
 
 
+def next_token_loss(out_BLV: Tensor, x0_BL: Tensor, fixed_BL: Tensor, real_BL: Tensor,
+                    stats: dict | None = None) -> Tensor:
+    """Cross-entropy [B] of every target token given the clean row up to the token before it.
+
+    `out_BLV` is the network's output on the clean row of block diffusion with causal clean
+    attention (`backbone.clean_attention=causal`), read as next-token logits: position i
+    predicts token i + 1, an autoregressive lesson at every target token of every row, where
+    the block loss gives one next-token lesson per block (its first masked position sees
+    exactly what clean position i sees). `backbone.next_token_loss` weights it. Why: on CPU
+    budgets the arithmetic is learned from these lessons; the blocks learn to look ahead.
+    """
+    logp_BLV = torch.log_softmax(out_BLV[:, :-1, :-1], dim=-1)
+    target_BL = x0_BL[:, 1:]
+    scored_BL = ~fixed_BL[:, 1:] & real_BL[:, 1:].bool()
+    ce_BL = -logp_BLV.gather(-1, target_BL[..., None]).squeeze(-1) * scored_BL
+    if stats is not None:
+        hit_BL = (logp_BLV.argmax(-1) == target_BL) & scored_BL
+        stats["next_token_acc"] = hit_BL.sum().item() / max(int(scored_BL.sum()), 1)
+    return ce_BL.sum(-1)
+
+
 OBJECTIVES = {"score_entropy": score_entropy_objective, "cross_entropy": denoiser_objective}
 
 

@@ -128,8 +128,8 @@ class DDiTBlock(nn.Module):
     def forward(self, h_BLH: Tensor, rotary: tuple[Tensor, Tensor], c_BC: Tensor,
                 attn_mask: Tensor | None = None, kv: dict[str, Tensor] | None = None) -> Tensor:
         """One block. `kv` (cached decoding) holds key and value buffers kv['k'], kv['v']
-        [B, h, kv['slots'], d] whose first kv['n'] slots are earlier positions: this call's
-        keys and values are written at slots n.. and the queries attend to slots 0..n+L-1
+        [B, h, S, d] (S = kv['slots'], grown when full) whose first kv['n'] slots are earlier
+        positions: this call's keys and values are written at slots n.. and the queries attend to slots 0..n+L-1
         (the key axis of `attn_mask`). The caller keeps them by advancing kv['n']."""
         B, L, H = h_BLH.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = \
@@ -141,9 +141,13 @@ class DDiTBlock(nn.Module):
         q, k, v = (u.transpose(1, 2) for u in (q, k, v))  # [B, h, L, d]; v is not rotated
         if kv is not None:
             n, end = kv["n"], kv["n"] + L
-            if "k" not in kv:
-                kv["k"] = k.new_zeros(B, self.n_heads, kv["slots"], H // self.n_heads)
+            if "k" not in kv or kv["k"].shape[2] < end:  # allocate, or grow when full
+                old_k, old_v = kv.get("k"), kv.get("v")
+                slots = max(end, kv["slots"] if old_k is None else 2 * old_k.shape[2])
+                kv["k"] = k.new_zeros(B, self.n_heads, slots, H // self.n_heads)
                 kv["v"] = torch.zeros_like(kv["k"])
+                if old_k is not None:
+                    kv["k"][:, :, :n], kv["v"][:, :, :n] = old_k[:, :, :n], old_v[:, :, :n]
             kv["k"][:, :, n:end], kv["v"][:, :, n:end] = k, v
             k, v = kv["k"][:, :, :end], kv["v"][:, :, :end]
         o_BLH = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask) \

@@ -5,7 +5,7 @@ from hydra import compose, initialize_config_dir
 
 from dot.backbone import backbone_class
 from dot.tokenization import load_tokenizer
-from sedd_backend.blocks import block_causal_mask, block_ids, training_mask, two_copy_model
+from sedd_backend.blocks import block_causal_mask, block_ids, causal_blocks, training_mask, two_copy_model
 
 torch.set_num_threads(1)
 CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
@@ -84,11 +84,32 @@ def test_masks_by_hand():
     assert torch.equal(ones, torch.tril(torch.ones(4, 4, dtype=torch.bool)))
 
 
-@pytest.mark.parametrize("previous_token", [False, True])
-def test_training_view_equals_decoding_view(previous_token):
+def test_block_ids_with_random_starts():
+    """An offset per row shifts that row's boundaries: its first block is size - offset long."""
+    fixed = torch.tensor([[1, 1, 0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    assert block_ids(fixed, 3, torch.tensor([2, 1])).tolist() == [[0, 0, 1, 2, 2, 2, 3, 3],
+                                                                  [0, 1, 1, 2, 2, 2, 3, 3]]
+
+
+def test_causal_clean_rows_attend_token_by_token():
+    """clean_attention=causal: a clean target token sees the prompt and the tokens up to
+    itself, never a later one of its block; noisy rows keep the block rule."""
+    fixed = torch.tensor([[1, 1, 0, 0, 0, 0]], dtype=torch.bool)
+    blocks = block_ids(fixed, 2)  # 0 0 | 1 1 | 2 2
+    mask = training_mask(blocks, 0, causal_blocks(fixed))[0, 0]
+    clean = mask[6:, 6:]
+    assert clean.tolist() == [[1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0],
+                              [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]]
+    assert torch.equal(mask[:6], training_mask(blocks, 0)[0, 0, :6])
+
+
+@pytest.mark.parametrize("previous_token,causal", [(False, False), (True, False), (True, True)])
+def test_training_view_equals_decoding_view(previous_token, causal):
     """Every noisy block gets, in the one-pass training layout, the log-scores it gets when
     decoding reaches it (clean earlier blocks, this block noisy, nothing after it), also with
-    the previous-token embedding, whose ids the training layout must build per copy."""
+    the previous-token embedding, whose ids the training layout must build per copy, and with
+    causal clean attention and random block starts, where decoding sees the clean tokens
+    token by token (`causal_blocks`)."""
     bb, size = make(3, previous_token=previous_token), 3
     V, L = bb.tokenizer.vocab_size, 13
     g = torch.Generator().manual_seed(1)
@@ -99,13 +120,18 @@ def test_training_view_equals_decoding_view(previous_token):
     xt = torch.where(~fixed & (torch.rand(2, L, generator=g) < 0.5), mask_id, x0)
     sigma = torch.tensor([0.7, 2.0])
     with torch.no_grad():
-        trained = two_copy_model(bb.model, x0, fixed, size)(xt, sigma)
-        blocks = block_ids(fixed, size)
+        blocks = block_ids(fixed, size, torch.tensor([1, 2]) if causal else None)
+        trained = two_copy_model(bb.model, x0, fixed, blocks, causal=causal)(xt, sigma)
         for row in range(2):
             for b in range(1, int(blocks[row].max()) + 1):
                 end = int((blocks[row] == b).nonzero().max()) + 1
                 view = torch.where(blocks[row, :end] == b, xt[row, :end], x0[row, :end])[None]
-                decoded = bb.model(view, sigma[row:row + 1], block_causal_mask(blocks[row:row + 1, :end]))
+                seen = blocks[row:row + 1, :end]
+                if causal:  # clean tokens one by one, the noisy block as one
+                    seen = causal_blocks(fixed[row:row + 1, :end])
+                    seen = torch.where(blocks[row:row + 1, :end] == b,
+                                       seen[blocks[row:row + 1, :end] == b].min(), seen)
+                decoded = bb.model(view, sigma[row:row + 1], block_causal_mask(seen))
                 here = blocks[row, :end] == b
                 torch.testing.assert_close(decoded[0, here], trained[row, :end][here],
                                            atol=1e-3, rtol=1e-3)  # float rounding

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from dot.rng import RowRandom
 from sedd_backend.graph import get_graph
@@ -196,3 +197,52 @@ def test_token_accuracy_counts_masked_target_positions_only():
                        RowRandom(2, 0, torch.arange(4)), stats=stats)
     masked = (model.seen[0] == N) & ~fixed
     assert stats["token_acc"] == pytest.approx(masked[:, :5].sum().item() / masked.sum().item())
+
+
+def test_next_token_loss_by_hand():
+    """Position i's logits score token i + 1, only where that token is a real target token:
+    row 0 (prompt of 2, length 4, no padding) scores tokens 2 and 3 from positions 1 and 2."""
+    from sedd_backend.losses import next_token_loss
+
+    out = torch.zeros(2, 4, 4)  # V = 3 real tokens + the mask column (never scored)
+    out[0, 1] = torch.tensor([2.0, 0.0, 0.0, 9.0])
+    out[0, 2] = torch.tensor([0.0, 0.0, 0.0, 9.0])
+    x0 = torch.tensor([[1, 1, 0, 2], [1, 2, 1, 2]])
+    fixed = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    real = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    stats = {}
+    got = next_token_loss(out, x0, fixed, real, stats)
+    log3 = math.log(3.0)
+    first = -(2.0 - math.log(math.exp(2.0) + 2))  # token 0 from logits [2, 0, 0]
+    torch.testing.assert_close(got, torch.tensor([first + log3, 2 * log3]))
+    assert stats["next_token_acc"] == pytest.approx(1 / 4)  # only row 0's token 0 is an argmax
+
+
+def test_causal_clean_copy_reads_no_later_token():
+    """clean_attention=causal: the clean copy's output at position i (the next-token logits)
+    is unchanged when a later target token changes, and changes with an earlier one."""
+    from dot.tokenization import load_tokenizer
+    from sedd_backend.blocks import block_ids, two_copy_model
+    from sedd_backend.model import build_model
+
+    cfg = OmegaConf.create({"hidden_size": 32, "cond_dim": 16, "n_heads": 2, "n_blocks": 2,
+                            "dropout": 0.0, "scale_by_sigma": False, "previous_token": True})
+    torch.manual_seed(0)
+    model = build_model(cfg, "absorb", load_tokenizer("char").vocab_size)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    x0 = torch.randint(0, 50, (1, 10))
+    fixed = torch.arange(10)[None] < 3
+    blocks = block_ids(fixed, 4)
+    xt = torch.where(fixed, x0, model.vocab_size - 1)
+
+    def clean(x):
+        out = {}
+        two_copy_model(model, x, fixed, blocks, causal=True, clean_out=out)(xt, torch.ones(1))
+        return out["out"][0]
+    base = clean(x0)
+    later, earlier = x0.clone(), x0.clone()
+    later[0, 8], earlier[0, 4] = (later[0, 8] + 1) % 50, (earlier[0, 4] + 1) % 50
+    torch.testing.assert_close(clean(later)[:8], base[:8])
+    assert not torch.allclose(clean(earlier)[4:8], base[4:8])

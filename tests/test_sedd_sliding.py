@@ -1,0 +1,149 @@
+"""Sliding block decoding (`sampling.sliding`): calls on a model whose answer is known, and the
+prefix cache against recomputing every call from scratch."""
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from dot.backbone import backbone_class
+from dot.tokenization import load_tokenizer
+from sedd_backend.blocks import block_causal_mask, causal_blocks, sample_blocks, sample_sliding
+from sedd_backend.graph import get_graph
+from sedd_backend.noise import LogLinearNoise
+from sedd_backend.sampling import LeftToRightPredictor, ParallelCommit
+
+torch.set_num_threads(1)
+CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
+V, EOS, PAD = 9, 7, 8  # hand-built vocabulary: 0..6 digits, then EOS and PAD; mask = 9
+
+
+def carry_network(answer, independent):
+    """A hand-built network with the cache's calling convention: the token at position p is
+    sure to be answer[p] when p is `independent` or the token before it is written (its
+    previous id is not the mask), and uniform otherwise: a digit waiting for its carry."""
+    def log_score(x_BN, sigma, attn_mask, positions_BN, layers, prev_BN):
+        positions_BN = positions_BN.clamp(max=len(answer) - 1)  # slots past the row's end
+        ready_BN = independent[positions_BN] | (prev_BN != V)
+        log = torch.where(ready_BN[..., None], -30.0, 0.0).expand(*x_BN.shape, V + 1).clone()
+        log.scatter_(-1, answer[positions_BN][..., None],
+                     torch.where(ready_BN, 10.0, 0.0)[..., None])
+        return log
+    return log_score
+
+
+def decode(network, prompt, length, size, rule, sliding):
+    graph = get_graph("absorb", V)
+    ids = torch.full((1, length), PAD)
+    ids[0, :prompt] = 1
+    fixed = torch.arange(length)[None] < prompt
+    step = LeftToRightPredictor(graph, LogLinearNoise())
+    step.commit = rule
+    sigma = torch.ones(1)
+    if sliding:
+        return sample_sliding(network, step, ids, fixed, size, n_layers=1, eos_id=EOS,
+                              pad_id=PAD, sigma=sigma, record_chain=True)
+    return sample_blocks(network, graph, LogLinearNoise(), ids, fixed, size, size,
+                         torch.Generator(), eos_id=EOS, pad_id=PAD, predictor="left_to_right",
+                         denoise=True, record_chain=True, skip_finished=True, commit=rule,
+                         n_layers=1)
+
+
+@pytest.mark.parametrize("rule", [ParallelCommit(threshold=0.9), ParallelCommit(margin=0.5)])
+def test_sliding_spends_a_call_per_carry_and_none_on_block_tails(rule):
+    """Target of 12 after a 2-token prompt, carries waiting at target positions 2 and 6.
+    Sliding blocks of 4: [0 1] [2 3 4 5] [6 7 8 9] [10 11] = 4 calls; fixed blocks of 4 spend
+    a second call on the first two blocks' tails: 5. Both write the answer."""
+    target = [3, 1, 4, 1, 5, 2, 6, 5, 3, 5, 0, EOS]
+    answer = torch.tensor([1, 1] + target)
+    independent = torch.ones(14, dtype=torch.bool)
+    independent[[2 + 2, 2 + 6]] = False
+    network = carry_network(answer, independent)
+    slid = decode(network, 2, 14, 4, rule, sliding=True)
+    assert slid.ids[0].tolist() == answer.tolist()
+    assert slid.nfe == 4 and slid.row_nfe.tolist() == [4]
+    assert [int((frame[0, 2:] != V).sum()) for frame in slid.chain] == [2, 6, 10, 12]
+    fixed = decode(network, 2, 14, 4, rule, sliding=False)
+    assert fixed.ids[0].tolist() == answer.tolist() and fixed.nfe == 5
+
+
+def test_sliding_stops_a_row_at_its_eos_and_pads_the_rest():
+    answer = torch.tensor([1, 1, 3, 4, EOS, 2, 2, 2, 2, 2])
+    network = carry_network(answer, torch.ones(10, dtype=torch.bool))
+    out = decode(network, 2, 10, 8, ParallelCommit(threshold=0.9), sliding=True)
+    assert out.ids[0].tolist() == [1, 1, 3, 4, EOS, PAD, PAD, PAD, PAD, PAD] and out.nfe == 1
+    answer[3] = 5
+    independent = torch.ones(10, dtype=torch.bool)
+    independent[4] = False  # EOS only after a second call; nothing after it is written
+    out = decode(carry_network(answer, independent), 2, 10, 2, ParallelCommit(threshold=0.9),
+                 sliding=True)
+    assert out.ids[0].tolist() == [1, 1, 3, 5, EOS, PAD, PAD, PAD, PAD, PAD] and out.nfe == 2
+
+
+def causal_model(threshold):
+    overrides = ["backbone=sedd_block", "model=tiny", "model.n_blocks=2",
+                 "backbone.block_tokens=4", "backbone.clean_attention=causal",
+                 "backbone.random_block_starts=true", "sampling.predictor=left_to_right",
+                 f"sampling.threshold={threshold}", "sampling.sliding=true"]
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        cfg = compose("config", overrides=overrides)
+    torch.manual_seed(0)
+    bb = backbone_class("sedd").from_config(cfg, load_tokenizer("char"))
+    with torch.no_grad():  # open the zero-initialised gates and output layer, make EOS likely
+        for p in bb.model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        bb.model.output_layer.linear.bias[bb.tokenizer.eos_id] += 3.0
+    return bb
+
+
+def recomputed_sliding(bb, ids, fixed, size, threshold):
+    """The sliding rule, one row at a time, every call run on the whole row from scratch: the
+    prompt and the written tokens clean and causal, then `size` masks as one block."""
+    mask_id, out, calls = bb.graph.dim - 1, ids.clone(), []
+    for row in range(ids.shape[0]):
+        n, length, row_calls = int(fixed[row].sum()), ids.shape[1], 0
+        while n < length:
+            end = min(n + size, length)
+            view = torch.cat([out[row, :n], torch.full((end - n,), mask_id)])[None]
+            blocks = causal_blocks(fixed[row:row + 1, :end]).clone()
+            blocks[0, n:] = blocks[0, n]
+            with torch.no_grad():
+                logp = torch.log_softmax(bb.log_score(view, torch.ones(1), block_causal_mask(blocks))
+                                         [0, n:, :-1], -1)
+            prob, token = logp.exp().max(-1)
+            run = int((prob < threshold).int().cumsum(0).eq(0).sum().clamp(min=1))
+            out[row, n:n + run] = token[:run]
+            row_calls += 1
+            stop = (token[:run] == bb.tokenizer.eos_id) | (token[:run] == bb.tokenizer.pad_id)
+            n += run
+            if stop.any():
+                break
+        out[row, n:] = bb.tokenizer.pad_id
+        calls.append(row_calls)
+    return out, calls
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.6])
+def test_cached_sliding_equals_recomputing_every_call(threshold):
+    """With causal clean attention the cache is exact for runs of any length: rows of several
+    prompt lengths decode in one batch to the ids and per-row calls of a from-scratch loop."""
+    bb = causal_model(threshold)
+    tok, L = bb.tokenizer, 19
+    ids = torch.full((3, L), tok.pad_id)
+    fixed = torch.zeros(3, L, dtype=torch.bool)
+    for row, n in enumerate((3, 5, 8)):
+        ids[row, :n] = torch.arange(10, 10 + n)
+        fixed[row, :n] = True
+    out = bb.sample(ids, fixed, steps=4, generator=torch.Generator())
+    want, calls = recomputed_sliding(bb, ids, fixed, 4, threshold)
+    assert torch.equal(out.ids, want)
+    assert out.row_nfe.tolist() == calls and out.nfe == max(calls)
+    assert 1 < max(calls) < L - 3  # the rule did commit runs, and not everything at once
+
+
+def test_sliding_refuses_models_it_does_not_fit():
+    bb = causal_model(0.5)
+    ids, fixed = torch.zeros(1, 8, dtype=torch.long), torch.arange(8)[None] < 3
+    with pytest.raises(ValueError, match="left_to_right"):
+        bb.sample(ids, fixed, 4, torch.Generator(), predictor="confidence")
+    bb.cfg.backbone.clean_attention = "block"
+    with pytest.raises(ValueError, match="clean_attention=causal"):
+        bb.sample(ids, fixed, 4, torch.Generator())
