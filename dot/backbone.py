@@ -64,6 +64,19 @@ class SampleResult:
     row_nfe: Tensor | None = field(default=None)
 
 
+@dataclass
+class Pretrained:
+    """Weights a backbone read from its own layout, and what they are as config values.
+
+    `values` maps dotted config keys to values (`{"model.n_blocks": 24, "seq_len": 256}`):
+    the architecture read from the weights, and the data settings and row length a foreign run
+    folder names; `dot.loading` sets them over the backbone's defaults."""
+
+    weights: Any
+    tokenizer: Tokenizer
+    values: dict[str, Any]
+
+
 class Backbone(abc.ABC):
     """A trainable generative model of `input_ids` given the fixed prefix.
 
@@ -86,24 +99,25 @@ class Backbone(abc.ABC):
     def from_config(cls, cfg: Any, tokenizer: Tokenizer) -> "Backbone":
         """Build the model described by the Hydra config (`cfg.init`: 'scratch' or weights)."""
 
-    # the backbone's own weight layouts, as `load_pretrained` reads them (for error messages)
+    # the backbone's own weight layouts, as `read_pretrained` reads them (for error messages)
     weights_layout: ClassVar[str] = ""
 
     @classmethod
     def recognises(cls, path: str) -> bool:
-        """Whether `load_pretrained` reads `path` (a local folder, or an id it can fetch)."""
+        """Whether `read_pretrained` reads `path` (a local folder, or an id it can fetch)."""
         return False
 
     @classmethod
-    def load_pretrained(cls, path: str, device: torch.device, *, digit: bool = False,
-                        dataset: str | None = None,
-                        tokenizer: str | None = None) -> tuple["Backbone", Any]:
-        """Load the backbone's own weight formats for evaluation.
-
-        Returns the backbone in eval mode and a config (see `dot.config.compose_config`) with
-        at least data.task, data.multipass, sampling.steps, eval.cot_steps and seq_len.
-        """
+    def read_pretrained(cls, path: str, device: torch.device, *, digit: bool = False,
+                        tokenizer: str | None = None) -> "Pretrained":
+        """Read weights in the backbone's own layout for evaluation, and describe them as
+        config values; `dot.loading` composes the config and calls `from_pretrained`."""
         raise ValueError(f"the {cls.name} backbone loads only run folders written by finetune.py")
+
+    @classmethod
+    def from_pretrained(cls, cfg: Any, found: "Pretrained") -> "Backbone":
+        """The backbone around weights `read_pretrained` returned, under the composed config."""
+        raise NotImplementedError
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Optimizer parameter groups; the default is one AdamW group from `cfg.optim`."""

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf, open_dict
 
 from dot.backbone import Backbone, backbone_class, backbone_names
 from dot.checkpoint import (
@@ -19,6 +20,7 @@ from dot.checkpoint import (
     load_run,
     run_checkpoint,
 )
+from dot.config import compose_config
 
 
 def detect_backbone(path: str) -> str:
@@ -56,6 +58,23 @@ def load_for_eval(path: str, device: torch.device, *, digit: bool = False,
         state = load_checkpoint(ckpt, device)
         if state.get("format") == FORMAT:
             return load_run(run, device, state=state)
-    name = detect_backbone(path)
-    return backbone_class(name).load_pretrained(path, device, digit=digit, dataset=dataset,
-                                                tokenizer=tokenizer)
+    return load_pretrained(detect_backbone(path), path, device, digit=digit, dataset=dataset,
+                           tokenizer=tokenizer)
+
+
+def load_pretrained(name: str, path: str, device: torch.device, *, digit: bool = False,
+                    dataset: str | None = None, tokenizer: str | None = None) -> tuple[Backbone, Any]:
+    """Weights in backbone `name`'s own layout: the backbone describes them as config values
+    (`Backbone.read_pretrained`), set here over its defaults; `dataset` names the task."""
+    cls = backbone_class(name)
+    found = cls.read_pretrained(path, device, digit=digit, tokenizer=tokenizer)
+    cfg = compose_config([f"backbone={name}"])
+    with open_dict(cfg):
+        for key, value in found.values.items():
+            OmegaConf.update(cfg, key, value, force_add=True)
+        cfg.init = str(path)
+        if dataset:
+            cfg.data.task = dataset
+    backbone = cls.from_pretrained(cfg, found)
+    backbone.model.eval()
+    return backbone, cfg

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dot.backbone import Backbone, Batch, SampleResult
+from dot.backbone import Backbone, Batch, Pretrained, SampleResult
 from dot.rng import RowRandom
 from dot.tokenization import Tokenizer
 from plaid.loss import LossOptions, diffusion_loss, reconst_batch_size, update_reconst_ema
@@ -58,38 +58,34 @@ class PlaidBackbone(Backbone):
         return any((Path(path) / f"{name}.pt").is_file() for name in ("model", "noise_schedule"))
 
     @classmethod
-    def load_pretrained(cls, path: str, device: torch.device, *, digit: bool = False,
-                        dataset: str | None = None,
-                        tokenizer: str | None = None) -> tuple["PlaidBackbone", Any]:
+    def read_pretrained(cls, path: str, device: torch.device, *, digit: bool = False,
+                        tokenizer: str | None = None) -> Pretrained:
         """A four-file weights folder (Plaid-1B or a DoT checkpoint) for evaluation.
 
         The folder names no tokenizer: owt2 by default (`digit` = DoT's --digit), or
         `tokenizer`; rows are 256 long and the sampler uses DoT's defaults (configs/backbone).
         """
-        from omegaconf import open_dict
-
-        from dot.config import compose_config
         from dot.tokenization import load_tokenizer
         from plaid.weights import load_weights
 
         plaid = load_weights(path)
         name = tokenizer or "owt2"
         tok = load_tokenizer(name, digits=digit)
-        vocab = plaid.embedding_matrix.matrix.shape[0]
+        vocab, embed_dim = plaid.embedding_matrix.matrix.shape
         if vocab != tok.vocab_size:
             raise ValueError(f"{path}: embeddings for {vocab} tokens, but tokenizer {name} has "
                              f"{tok.vocab_size}; pass the tokenizer the weights were trained with "
                              "(--tokenizer)")
         m = plaid.model
-        cfg = compose_config(["backbone=plaid", f"data.tokenizer={name}", f"data.digit={digit}",
-                              f"data.task={dataset or 'gsm8k'}",
-                              f"model.hidden_size={m.input_linear.weight.shape[0]}",
-                              f"model.n_blocks={len(m.blocks)}", f"model.n_heads={m.blocks[0].n_heads}",
-                              f"model.embed_dim={plaid.embedding_matrix.matrix.shape[1]}"])
-        with open_dict(cfg):
-            cfg.init = str(path)
-            cfg.seq_len = 256
-        return cls(cfg, tok, plaid.to(device).eval()), cfg
+        values = {"data.tokenizer": name, "data.digit": digit, "data.task": "gsm8k",
+                  "model.hidden_size": m.input_linear.weight.shape[0],
+                  "model.n_blocks": len(m.blocks), "model.n_heads": m.blocks[0].n_heads,
+                  "model.embed_dim": embed_dim, "seq_len": 256}
+        return Pretrained(plaid.to(device), tok, values)
+
+    @classmethod
+    def from_pretrained(cls, cfg: Any, found: Pretrained) -> "PlaidBackbone":
+        return cls(cfg, found.tokenizer, found.weights)
 
     def param_groups(self) -> list[dict[str, Any]]:
         """One group per module (two for `model`: μP matrices at lr / width_mult).

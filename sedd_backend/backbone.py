@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf, open_dict
 from torch import Tensor, nn
 
-from dot.backbone import Backbone, Batch, SampleResult
+from dot.backbone import Backbone, Batch, Pretrained, SampleResult
 from dot.rng import RowRandom
 from dot.tokenization import Tokenizer
 from sedd_backend.blocks import block_ids, sample_blocks, sample_sliding, two_copy_model
@@ -63,41 +63,41 @@ class SEDDBackbone(Backbone):
                                                                    bool(HUB_ID.match(path)))
 
     @classmethod
-    def load_pretrained(cls, path: str, device: torch.device, *, digit: bool = False,
-                        dataset: str | None = None,
-                        tokenizer: str | None = None) -> tuple["SEDDBackbone", Any]:
+    def read_pretrained(cls, path: str, device: torch.device, *, digit: bool = False,
+                        tokenizer: str | None = None) -> Pretrained:
         """A hub id, hub-layout folder or official dot-sedd run folder, for evaluation.
 
         These carry no tokenizer name: the vocabulary must be GPT-2's (50257 tokens; `digit`
         does not apply to GPT-2). Data flags and the row length come from an official run's
         config when present (`data.multipass`, `data.hidden_thought`, `training.block_size`),
-        else DoT's defaults (single pass, 128); the sampler uses our config's defaults (DoT
-        decodes with the analytic predictor, not the pretraining config's sampling section).
+        else DoT's defaults (single pass, 128); the sampler keeps our config's defaults (DoT
+        decodes with its own sampler, not the pretraining config's sampling section).
         """
-        from dot.config import compose_config
         from dot.tokenization import load_tokenizer
 
         model, graph, noise = load_model(path, device)
         tokenizer_name = tokenizer or "gpt2"
-        tokenizer = load_tokenizer(tokenizer_name)
+        tok = load_tokenizer(tokenizer_name)
         tokens = graph.dim - 1 if graph.absorb else graph.dim
-        if tokens != tokenizer.vocab_size:
+        if tokens != tok.vocab_size:
             raise ValueError(f"{path}: a model over {tokens} tokens, but tokenizer "
-                             f"{tokenizer_name} has {tokenizer.vocab_size}; pass the tokenizer the "
+                             f"{tokenizer_name} has {tok.vocab_size}; pass the tokenizer the "
                              "weights were trained with (--tokenizer; GPT-2 for louaaron/sedd-*)")
         run_cfg = Path(path) / ".hydra" / "config.yaml"
         found = OmegaConf.load(run_cfg) if run_cfg.is_file() else OmegaConf.create()
         data = found.get("data", {})
-        cfg = compose_config([
-            f"data.tokenizer={tokenizer_name}", f"data.task={dataset or data.get('task', 'gsm8k')}",
-            f"data.multipass={data.get('multipass', False)}",
-            f"data.hidden_thought={data.get('hidden_thought', False)}",
-            f"graph.type={'absorb' if graph.absorb else 'uniform'}",
-            *[f"model.{k}={v}" for k, v in model.arch.items()]])
-        with open_dict(cfg):
-            cfg.init = str(path)
-            cfg.seq_len = int(found.get("training", {}).get("block_size", 128))
-        return cls(cfg, tokenizer, model.eval(), graph, noise), cfg
+        values = {"data.tokenizer": tokenizer_name, "data.task": data.get("task", "gsm8k"),
+                  "data.multipass": bool(data.get("multipass", False)),
+                  "data.hidden_thought": bool(data.get("hidden_thought", False)),
+                  "graph.type": "absorb" if graph.absorb else "uniform",
+                  "seq_len": int(found.get("training", {}).get("block_size", 128)),
+                  **{f"model.{k}": v for k, v in model.arch.items()}}
+        return Pretrained((model, graph, noise), tok, values)
+
+    @classmethod
+    def from_pretrained(cls, cfg: Any, found: Pretrained) -> "SEDDBackbone":
+        model, graph, noise = found.weights
+        return cls(cfg, found.tokenizer, model, graph, noise)
 
     @property
     def block_tokens(self) -> int | None:

@@ -205,4 +205,4 @@ def test_load_pretrained_official_run_folder_for_evaluation(tmp_path):
     assert eval_cfg.sampling.predictor == "confidence" and eval_cfg.model.n_blocks == 1
     assert_weights(bb.model, state)
     with pytest.raises(ValueError, match="tokenizer gpt2 has 50257"):
-        type(bb).load_pretrained(str(hub_folder(tmp_path / "char", random_state(0))), torch.device("cpu"))
+        type(bb).read_pretrained(str(hub_folder(tmp_path / "char", random_state(0))), torch.device("cpu"))
