@@ -199,7 +199,8 @@ class SEDDBackbone(Backbone):
                                        size, steps, generator, eos_id=tok.eos_id,
                                        pad_id=tok.pad_id, predictor=predictor, denoise=denoise,
                                        record_chain=record_chain, **savings,
-                                       n_layers=len(self.model.blocks) if cached else None)
+                                       n_layers=len(self.model.blocks) if cached else None,
+                                       causal=self.cfg.backbone.clean_attention == "causal")
             else:
                 result = pc_sample(
                     lambda x_BL, sigma_B: self.log_score(x_BL, sigma_B).exp(), self.graph,

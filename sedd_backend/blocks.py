@@ -221,15 +221,19 @@ def _cached_view(cache: "PrefixCache", x_BL: Tensor, rows: Tensor, prompt_B: Ten
 
 
 def _recomputed_view(log_score: Callable[..., Tensor], x_BL: Tensor, blocks_BL: Tensor,
-                     rows: Tensor, block: int, pad_id: int) -> BlockView:
+                     clean_BL: Tensor, rows: Tensor, block: int, pad_id: int) -> BlockView:
     """The row up to the block's end, recomputed at every call; later positions are never
-    attended, and later blocks (of rows with a shorter prefix) are neither masked nor made."""
+    attended, and later blocks (of rows with a shorter prefix) are neither masked nor made.
+    The clean positions attend by `clean_BL` (the blocks, or `causal_blocks`)."""
     in_block_RL = blocks_BL[rows] == block
     end = int(in_block_RL.nonzero()[:, 1].max()) + 1 if in_block_RL.any() else 0
     valid_RN, view_RN = in_block_RL[:, :end], blocks_BL[rows, :end]
     positions_RN = torch.arange(end, device=x_BL.device).expand_as(view_RN)
     start_RN = torch.where(view_RN > block, pad_id, x_BL[rows, :end])
-    attn_mask = block_causal_mask(view_RN)
+    clean_RN = clean_BL[rows, :end]
+    first_R1 = clean_RN.masked_fill(~valid_RN, clean_RN.numel() + 1).amin(1, keepdim=True) \
+        if end else clean_RN
+    attn_mask = block_causal_mask(torch.where(valid_RN, first_R1, clean_RN))
     return BlockView(positions_RN, valid_RN, start_RN,
                      lambda x, sigma: log_score(x, sigma, attn_mask).exp(), None)
 
@@ -239,7 +243,7 @@ def sample_blocks(log_score: Callable[..., Tensor], graph: Graph, noise: Noise, 
                   eos_id: int, pad_id: int, predictor: str, denoise: bool,
                   record_chain: bool = False, skip_finished: bool = False,
                   reuse_unchanged: bool = False, commit: ParallelCommit | None = None,
-                  n_layers: int | None = None) -> SampleResult:
+                  n_layers: int | None = None, causal: bool = False) -> SampleResult:
     """Fill the non-fixed positions block by block, `steps` reverse steps (PC loop) per block.
 
     `log_score(x, sigma, attn_mask, positions, kv_cache)` is the network. With `n_layers`
@@ -249,6 +253,8 @@ def sample_blocks(log_score: Callable[..., Tensor], graph: Graph, noise: Noise, 
     the batch (training targets hold PAD only after EOS, or after a DoT-MP thought); their
     remaining positions become PAD. `skip_finished`, `reuse_unchanged` and `commit` are
     `pc_sample`'s; with `skip_finished` and `commit` a block ends as soon as it is filled.
+    `causal`: the model was trained with `backbone.clean_attention=causal`, so decoded blocks
+    are read token by token too.
     `nfe` counts the network calls of the batch, `row_nfe` those each row needed. A recorded
     chain holds the whole row after every step, with not-yet-generated positions masked.
     """
@@ -264,7 +270,9 @@ def sample_blocks(log_score: Callable[..., Tensor], graph: Graph, noise: Noise, 
         width = int(prompt_B.max())
         prompt_valid = torch.arange(width, device=ids_BL.device)[None] < prompt_B[:, None]
         slots = width + int(blocks_BL.max()) * size
-        cache = PrefixCache(log_score, n_layers, slots, ids_BL[:, :width], prompt_valid, mask_id)
+        cache = PrefixCache(log_score, n_layers, slots, ids_BL[:, :width], prompt_valid, mask_id,
+                            causal)
+    clean_BL = causal_blocks(fixed_BL) if causal else blocks_BL
     chain: list[Tensor] = []
     nfe = 0
     row_nfe_B = torch.zeros(ids_BL.shape[0], dtype=torch.long, device=ids_BL.device)
@@ -272,7 +280,7 @@ def sample_blocks(log_score: Callable[..., Tensor], graph: Graph, noise: Noise, 
         rows = active_B.nonzero().squeeze(1)
         view = (_cached_view(cache, x_BL, rows, prompt_B, block, size, mask_id, pad_id)
                 if cache is not None else
-                _recomputed_view(log_score, x_BL, blocks_BL, rows, block, pad_id))
+                _recomputed_view(log_score, x_BL, blocks_BL, clean_BL, rows, block, pad_id))
         positions_RN, valid_RN, start_RN, score = view.positions, view.valid, view.start, view.score
         if not valid_RN.any():
             break

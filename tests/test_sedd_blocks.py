@@ -207,8 +207,8 @@ def sample_both_ways(bb, option, ids, fixed, steps, seed):
     return outs
 
 
-@pytest.mark.parametrize("previous_token", [False, True])
-def test_cached_block_decoding_equals_recomputing_the_prefix(previous_token):
+@pytest.mark.parametrize("previous_token,causal", [(False, False), (True, False), (True, True)])
+def test_cached_block_decoding_equals_recomputing_the_prefix(previous_token, causal):
     """With a sigma-blind network the prefix cache changes no token and no network count:
     rows of different prompt lengths, a last block cut by the row end, rows stopping at EOS.
     (The confidence predictor is deterministic given the scores; a sampling predictor would
@@ -216,6 +216,7 @@ def test_cached_block_decoding_equals_recomputing_the_prefix(previous_token):
     embedding the cached calls must find the id before each block in padded prompts."""
     bb = make(3, predictor="confidence", previous_token=previous_token)
     bb.model.time_conditioning = False
+    bb.cfg.backbone.clean_attention = "causal" if causal else "block"
     tok = bb.tokenizer
     L = 17
     ids, fixed = prompt_rows(tok, (3, 5, 6, 10), L)
