@@ -73,7 +73,6 @@ class CausalTransformer(nn.Module):
 
 class ARBackbone(Backbone):
     name = "ar"
-    sample_options = frozenset()
 
     @classmethod
     def from_config(cls, cfg: Any, tokenizer: Tokenizer) -> "ARBackbone":

@@ -64,6 +64,25 @@ class SampleResult:
     row_nfe: Tensor | None = field(default=None)
 
 
+@dataclass(frozen=True)
+class SamplerFlag:
+    """One sampler option of a backbone as a flag of evaluation_batch.py (`--name`).
+
+    `kind`: `value` (the flag takes the option's value, of `type`), `switch` (`--name` sets
+    True) or `bool` (`--name` / `--no_name`). `check` names the range a value must have
+    (`count` >= 1, `positive` > 0, `probability` in (0, 1]). A flag with `sets` is not an
+    option of its own but stands for others (Plaid's `--dpm_solver` = `--predictor dpm_solver`).
+    """
+
+    name: str
+    help: str
+    kind: str = "value"
+    type: Any = str
+    choices: tuple[Any, ...] | None = None
+    check: str | None = None
+    sets: tuple[tuple[str, Any], ...] = ()
+
+
 @dataclass
 class Pretrained:
     """Weights a backbone read from its own layout, and what they are as config values.
@@ -85,9 +104,15 @@ class Backbone(abc.ABC):
     """
 
     name: ClassVar[str]
-    # Option names `sample` accepts; evaluation rejects any other with a clear error.
+    # The sampler options `sample` accepts, as evaluation flags; evaluation rejects any other
+    # option with a clear error. `sample_options` (their names) is derived from them.
+    sampler_flags: ClassVar[tuple[SamplerFlag, ...]] = ()
     sample_options: ClassVar[frozenset[str]] = frozenset()
     predictors: ClassVar[frozenset[str]] = frozenset()  # values of the `predictor` option
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.sample_options = frozenset(f.name for f in cls.sampler_flags if not f.sets)
 
     def __init__(self, cfg: Any, tokenizer: Tokenizer, model: nn.Module):
         self.cfg = cfg

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dot.backbone import Backbone, Batch, Pretrained, SampleResult
+from dot.backbone import Backbone, Batch, Pretrained, SampleResult, SamplerFlag
 from dot.rng import RowRandom
 from dot.tokenization import Tokenizer
 from plaid.loss import LossOptions, diffusion_loss, reconst_batch_size, update_reconst_ema
@@ -25,11 +25,23 @@ class PlaidBackbone(Backbone):
     """
 
     name = "plaid"
-    # fix_src: DoT's evaluation flag, accepted and always on here (DPM conditions on the clean
-    # source; ancestral sampling follows how the model was trained, backbone.fix_src)
-    sample_options = frozenset({"predictor", "score_temp", "dpm_order", "logit_sample",
-                                "logit_temp", "official_dpm", "official_grid", "fix_src"})
     predictors = frozenset({"ancestral", "dpm_solver", "dpm"})  # dpm: an alias of dpm_solver
+    sampler_flags = (
+        SamplerFlag("predictor", "ancestral | dpm_solver"),
+        SamplerFlag("dpm_solver", "DPM-Solver++ (= --predictor dpm_solver)", kind="switch",
+                    sets=(("predictor", "dpm_solver"),)),
+        SamplerFlag("score_temp", "score temperature", type=float, check="positive"),
+        SamplerFlag("dpm_order", "DPM-Solver++ order", type=int, choices=(1, 2)),
+        SamplerFlag("logit_sample", "sample tokens", kind="switch"),
+        SamplerFlag("logit_temp", "temperature of --logit_sample", type=float, check="positive"),
+        SamplerFlag("official_dpm", "reproduce the official DoT DPM-Solver (bugs included)",
+                    kind="switch"),
+        SamplerFlag("official_grid", "reproduce the official ancestral time grid", kind="switch"),
+        # DoT's evaluation flag, accepted and always on here (DPM conditions on the clean
+        # source; ancestral sampling follows how the model was trained, backbone.fix_src)
+        SamplerFlag("fix_src", "condition on the clean source (always on in our sampler; "
+                    "accepted for the official command lines)", kind="switch"),
+    )
 
     def __init__(self, cfg: Any, tokenizer: Tokenizer, model: Plaid):
         super().__init__(cfg, tokenizer, model)

@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from dot.backbone import Backbone, Batch, Pretrained, SampleResult
+from dot.backbone import Backbone, Batch, Pretrained, SampleResult, SamplerFlag
 from dot.rng import RowRandom
 from dot.tokenization import Tokenizer
 from sedd_backend.blocks import block_ids, sample_blocks, sample_sliding, two_copy_model
@@ -27,9 +27,22 @@ from sedd_backend.sampling import PREDICTORS, LeftToRightPredictor, ParallelComm
 
 class SEDDBackbone(Backbone):
     name = "sedd"
-    sample_options = frozenset({"predictor", "noise_removal", "threshold", "margin", "block_tokens",
-                                "sliding"})
     predictors = frozenset(PREDICTORS)
+    sampler_flags = (
+        SamplerFlag("predictor", " | ".join(PREDICTORS)),
+        SamplerFlag("noise_removal", "final denoising step", kind="bool"),
+        SamplerFlag("threshold", "confidence predictors: reveal every masked position with "
+                    "probability >= this in the same call (parallel decoding)", type=float,
+                    check="probability"),
+        SamplerFlag("margin", "confidence predictors: reveal every masked position whose top-1 "
+                    "beats the top-2 probability by >= this (early commit)", type=float,
+                    check="probability"),
+        SamplerFlag("block_tokens", "block diffusion: decode in blocks of this many tokens "
+                    "(default: the run's backbone.block_tokens)", type=int, check="count"),
+        SamplerFlag("sliding", "block models with causal clean attention: one call a block, each "
+                    "block starting after the run the last call wrote (default: the run's "
+                    "sampling.sliding)", kind="bool"),
+    )
 
     def __init__(self, cfg: Any, tokenizer: Tokenizer, model: DDiT, graph: Graph, noise: Noise):
         super().__init__(cfg, tokenizer, model)

@@ -250,3 +250,21 @@ def test_recipe_scripts_list_their_recipes(script):
     bad = subprocess.run(["bash", str(ROOT / script), "no-such-recipe"], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "unknown recipe 'no-such-recipe'" in bad.stderr
+
+
+def test_sampler_flags_come_from_the_backbones():
+    """evaluation_batch.py names no backbone's option: each flag is declared by a backbone
+    (`Backbone.sampler_flags`), passes only when given, and an alias flag sets its options."""
+    from dot.backbone import backbone_class, backbone_names
+
+    parse = evaluation_batch.parse_args
+    assert parse([]).options == {}
+    assert parse(["--dpm_solver", "--score_temp", "0.5"]).options == {"predictor": "dpm_solver",
+                                                                       "score_temp": 0.5}
+    assert parse(["--threshold", "0.9", "--no-sliding"]).options == {"threshold": 0.9,
+                                                                     "sliding": False}
+    declared = set(vars(parse([])))
+    for name in backbone_names():
+        assert backbone_class(name).sample_options <= declared
+    with pytest.raises(SystemExit):
+        parse(["--block_tokens", "0"])  # the flag's check: a count
