@@ -22,7 +22,7 @@ from sedd_backend.load import load_model
 from sedd_backend.losses import denoiser_log_score, next_token_loss, score_entropy_loss
 from sedd_backend.model import DDiT, build_model
 from sedd_backend.noise import Noise, get_noise
-from sedd_backend.sampling import PREDICTORS, LeftToRightPredictor, ParallelCommit, pc_sample
+from sedd_backend.sampling import PREDICTORS, ParallelCommit, pc_sample
 
 
 class SEDDBackbone(Backbone):
@@ -237,12 +237,11 @@ class SEDDBackbone(Backbone):
         if self.model.time_conditioning or bb.clean_attention != "causal":
             raise ValueError("sampling.sliding needs a model trained with "
                              "backbone.time_conditioning=false and backbone.clean_attention=causal")
-        step = LeftToRightPredictor(self.graph, self.noise)
-        step.commit = commit
-        sigma = self.noise.total_noise(torch.ones(1, device=ids_BL.device))
-        return sample_sliding(self.log_score, step, ids_BL, fixed_BL, size,
-                              len(self.model.blocks), eos_id=self.tokenizer.eos_id,
-                              pad_id=self.tokenizer.pad_id, sigma=sigma,
+        if not self.graph.absorb:
+            raise ValueError("sampling.sliding needs the absorbing graph (graph.type=absorb)")
+        return sample_sliding(self.log_score, commit, ids_BL, fixed_BL, size,
+                              len(self.model.blocks), mask_id=self.graph.dim - 1,
+                              eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
                               record_chain=record_chain)
 
 

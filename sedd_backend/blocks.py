@@ -34,7 +34,7 @@ from dot.backbone import SampleResult
 from sedd_backend.graph import Graph
 from sedd_backend.model import previous_ids
 from sedd_backend.noise import Noise
-from sedd_backend.sampling import LeftToRightPredictor, ParallelCommit, pc_sample
+from sedd_backend.sampling import ParallelCommit, pc_sample
 
 # (x_BL, sigma_B, attn_mask_B1LL) -> log-scores [B, L, V]
 MaskedLogScore = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -306,21 +306,19 @@ def sample_blocks(log_score: Callable[..., Tensor], graph: Graph, noise: Noise, 
     return SampleResult(x_BL, nfe, chain if record_chain else None, row_nfe_B)
 
 
-def sample_sliding(log_score: Callable[..., Tensor], predictor: LeftToRightPredictor,
-                   ids_BL: Tensor, fixed_BL: Tensor, size: int, n_layers: int, *, eos_id: int,
-                   pad_id: int, sigma: Tensor, record_chain: bool = False) -> SampleResult:
+def sample_sliding(log_score: Callable[..., Tensor], commit: ParallelCommit, ids_BL: Tensor,
+                   fixed_BL: Tensor, size: int, n_layers: int, *, mask_id: int, eos_id: int,
+                   pad_id: int, record_chain: bool = False) -> SampleResult:
     """One network call per block, each block starting at the row's first unwritten token.
 
     A call masks the `size` positions after what is written, and writes the longest run of
-    them that `predictor` commits in reading order (`LeftToRightPredictor.committed`: every
-    position sure by its `commit` rule, and at least the first). The rest is not kept: the
-    next block starts right after the run. So no call is spent on the tail of a fixed block,
-    and a chain costs one call per unsure point. The written run rides along with the next
-    call into the prefix cache. Exact (the view the model had in training) for a network
-    trained with `backbone.clean_attention=causal` and `backbone.random_block_starts`.
-    `sigma` only matters to a sigma-aware network, which the cache does not support anyway.
+    them that `commit` finds sure in reading order (`ParallelCommit.sure_run`), and at least
+    the first. The rest is not kept: the next block starts right after the run. So no call is
+    spent on the tail of a fixed block, and a chain costs one call per unsure point. The
+    written run rides along with the next call into the prefix cache. Exact (the view the model
+    had in training) for a sigma-blind network of the absorbing graph trained with
+    `backbone.clean_attention=causal` and `backbone.random_block_starts`.
     """
-    mask_id = predictor.graph.dim - 1
     length = ids_BL.shape[1]
     prompt_B = fixed_BL.sum(1)
     width = int(prompt_B.max())
@@ -338,11 +336,13 @@ def sample_sliding(log_score: Callable[..., Tensor], predictor: LeftToRightPredi
         positions_RN = next_B[rows, None] + torch.arange(size, device=ids_BL.device)
         valid_RN = positions_RN < length
         before_R = x_BL[rows, positions_RN[:, 0] - 1]
-        start_RN = torch.where(valid_RN, mask_id, pad_id)
-        top1_RN, top2_RN, token_RN = predictor.denoised(
-            cache.score_fn(positions_RN, valid_RN, before_R), start_RN,
-            sigma.expand(len(rows)))
-        run_RN = predictor.committed(valid_RN, top1_RN, top2_RN) & valid_RN
+        score_RNV = cache.score_fn(positions_RN, valid_RN, before_R)(
+            torch.where(valid_RN, mask_id, pad_id), torch.ones(len(rows), device=ids_BL.device))
+        # at a masked position of the absorbing graph, p(clean token) = the normalised scores
+        clean_RNV = score_RNV[..., :mask_id]
+        top_RN2, token_RN2 = (clean_RNV / clean_RNV.sum(-1, keepdim=True)).topk(2, dim=-1)
+        token_RN = token_RN2[..., 0]
+        run_RN = commit.sure_run(valid_RN, top_RN2[..., 0], top_RN2[..., 1]) & valid_RN
         run_RN[:, 0] = True
         end_RN = run_RN & ((token_RN == eos_id) | (token_RN == pad_id))
         run_RN &= end_RN.long().cumsum(1) - end_RN.long() == 0  # nothing after the row's end

@@ -120,6 +120,11 @@ class ParallelCommit:
             sure_BL |= top1_BL - top2_BL >= self.margin
         return sure_BL
 
+    def sure_run(self, masked_BL: Tensor, top1_BL: Tensor, top2_BL: Tensor) -> Tensor:
+        """Reading order: every position with no unsure masked position at or before it."""
+        unsure_BL = masked_BL & ~self.commits(top1_BL, top2_BL)
+        return unsure_BL.long().cumsum(1) == 0
+
 
 class ConfidencePredictor(Predictor):
     """Confidence-ordered unmasking for the absorbing graph (MaskGIT-style; not in SEDD).
@@ -209,8 +214,7 @@ class LeftToRightPredictor(ConfidencePredictor):
 
     def committed(self, masked_BL: Tensor, top1_BL: Tensor, top2_BL: Tensor) -> Tensor:
         """Every masked position with no unsure masked position at or before it."""
-        unsure_BL = masked_BL & ~self.commit.commits(top1_BL, top2_BL)
-        return unsure_BL.long().cumsum(1) == 0
+        return self.commit.sure_run(masked_BL, top1_BL, top2_BL)
 
 
 PREDICTORS: dict[str, type[Predictor]] = {"euler": EulerPredictor, "analytic": AnalyticPredictor,

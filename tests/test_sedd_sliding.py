@@ -9,7 +9,7 @@ from dot.tokenization import load_tokenizer
 from sedd_backend.blocks import block_causal_mask, causal_blocks, sample_blocks, sample_sliding
 from sedd_backend.graph import get_graph
 from sedd_backend.noise import LogLinearNoise
-from sedd_backend.sampling import LeftToRightPredictor, ParallelCommit
+from sedd_backend.sampling import ParallelCommit
 
 torch.set_num_threads(1)
 CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
@@ -35,12 +35,9 @@ def decode(network, prompt, length, size, rule, sliding):
     ids = torch.full((1, length), PAD)
     ids[0, :prompt] = 1
     fixed = torch.arange(length)[None] < prompt
-    step = LeftToRightPredictor(graph, LogLinearNoise())
-    step.commit = rule
-    sigma = torch.ones(1)
     if sliding:
-        return sample_sliding(network, step, ids, fixed, size, n_layers=1, eos_id=EOS,
-                              pad_id=PAD, sigma=sigma, record_chain=True)
+        return sample_sliding(network, rule, ids, fixed, size, n_layers=1, mask_id=V, eos_id=EOS,
+                              pad_id=PAD, record_chain=True)
     return sample_blocks(network, graph, LogLinearNoise(), ids, fixed, size, size,
                          torch.Generator(), eos_id=EOS, pad_id=PAD, predictor="left_to_right",
                          denoise=True, record_chain=True, skip_finished=True, commit=rule,
