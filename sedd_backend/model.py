@@ -30,6 +30,12 @@ def modulate(z: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return z * (1 + scale) + shift
 
 
+def modulation(layer: nn.Linear, c_BC: Tensor | None, batch: int) -> Tensor:
+    """adaLN's output [B, k]; with no conditioning (`c_BC` None: a sigma-blind network) it is
+    the layer's bias, which is what the layer gives for a zero input, without the calls."""
+    return layer(c_BC) if c_BC is not None else layer.bias.expand(batch, -1)
+
+
 def rotate_half(u: Tensor) -> Tensor:
     """[u1, u2] -> [-u2, u1] over the last axis (GPT-NeoX rotary, not interleaved)."""
     u1, u2 = u.chunk(2, dim=-1)
@@ -125,7 +131,7 @@ class DDiTBlock(nn.Module):
         nn.init.zeros_(self.adaLN_modulation.bias)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, h_BLH: Tensor, rotary: tuple[Tensor, Tensor], c_BC: Tensor,
+    def forward(self, h_BLH: Tensor, rotary: tuple[Tensor, Tensor], c_BC: Tensor | None,
                 attn_mask: Tensor | None = None, kv: dict[str, Tensor] | None = None) -> Tensor:
         """One block. `kv` (cached decoding) holds key and value buffers kv['k'], kv['v']
         [B, h, S, d] (S = kv['slots'], grown when full) whose first kv['n'] slots are earlier
@@ -133,7 +139,7 @@ class DDiTBlock(nn.Module):
         (the key axis of `attn_mask`). The caller keeps them by advancing kv['n']."""
         B, L, H = h_BLH.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = \
-            self.adaLN_modulation(c_BC)[:, None].chunk(6, dim=-1)
+            modulation(self.adaLN_modulation, c_BC, B)[:, None].chunk(6, dim=-1)
 
         qkv = self.attn_qkv(modulate(self.norm1(h_BLH), shift1, scale1))
         q, k, v = qkv.view(B, L, 3, self.n_heads, H // self.n_heads).unbind(2)
@@ -170,8 +176,9 @@ class DDitFinalLayer(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, h_BLH: Tensor, c_BC: Tensor) -> Tensor:
-        shift, scale = self.adaLN_modulation(c_BC)[:, None].chunk(2, dim=-1)
+    def forward(self, h_BLH: Tensor, c_BC: Tensor | None) -> Tensor:
+        shift, scale = modulation(self.adaLN_modulation, c_BC, h_BLH.shape[0])[:, None] \
+            .chunk(2, dim=-1)
         return self.linear(modulate(self.norm_final(h_BLH), shift, scale))
 
 
@@ -229,9 +236,12 @@ class DDiT(nn.Module):
         if self.prev_embed is not None:
             prev_BL = previous_ids(x_BL, self.vocab_size - 1) if prev_BL is None else prev_BL
             h_BLH = h_BLH + self.prev_embed(prev_BL)
-        c_BC = F.silu(self.sigma_map(sigma_B))
-        if not self.time_conditioning:
-            c_BC = torch.zeros_like(c_BC)
+        c_BC: Tensor | None = None  # sigma-blind decoding: each adaLN output is its bias
+        if self.time_conditioning:
+            c_BC = F.silu(self.sigma_map(sigma_B))
+        elif torch.is_grad_enabled():  # training: a zero input keeps the adaLN weights in the
+            # autograd graph (zero gradients), as DDP and the optimizer have always seen them
+            c_BC = h_BLH.new_zeros(x_BL.shape[0], self.sigma_map.mlp[-1].out_features)
         if positions is None:
             positions = torch.arange(x_BL.shape[1], device=x_BL.device)
         rotary = self.rotary_emb(positions)

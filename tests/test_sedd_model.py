@@ -191,3 +191,20 @@ def test_previous_token_needs_the_absorbing_graph():
     with pytest.raises(ValueError, match="model.previous_token=true needs graph.type=absorb"):
         build_model(cfg, "uniform", 10)
     assert build_model(cfg, "absorb", 10).prev_embed is not None
+
+
+def test_sigma_blind_network_skips_the_conditioning_without_changing_outputs():
+    """time_conditioning=False: decoding (no autograd) uses each adaLN bias directly; the
+    outputs equal the training path's, which feeds a zero vector through the adaLN layers."""
+    torch.manual_seed(0)
+    model = DDiT(12, hidden_size=32, cond_dim=8, n_heads=2, n_blocks=2, dropout=0.0)
+    model.time_conditioning = False
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randint(0, 12, (2, 7))
+    sigma = torch.tensor([0.5, 3.0])
+    trained = model(x, sigma)
+    with torch.no_grad():
+        decoded = model(x, sigma)
+    torch.testing.assert_close(decoded, trained.detach())
