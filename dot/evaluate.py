@@ -101,11 +101,12 @@ def evaluate(backbone: Backbone, task: Task, examples: list[Example], decoding: 
                    source=source_name,
                    **(notes or {}))
     if out is not None:
+        # suffixes are appended, never swapped: a stem such as `...-threshold=0.95` holds a dot
         out = Path(out)
-        summary["results"] = str(out.with_suffix(".jsonl"))
+        summary["results"] = str(out.parent / f"{out.name}.jsonl")
     if out is not None and rank == 0:
-        write_records(out.with_suffix(".jsonl"), records)
-        write_text_atomic(out.with_suffix(".summary.json"),
+        write_records(out.parent / f"{out.name}.jsonl", records)
+        write_text_atomic(out.parent / f"{out.name}.summary.json",
                           json.dumps({k: v for k, v in summary.items() if k != "results"},
                                      indent=2) + "\n")
     return summary

@@ -85,6 +85,18 @@ def test_evaluate_writes_records_and_scores(tmp_path):
     assert (tmp_path / "r.summary.json").is_file()
 
 
+def test_result_names_with_a_dot_keep_their_whole_stem(tmp_path):
+    """`...-threshold=0.95` and `...-threshold=0.99` are two files (a swapped suffix once cut
+    both names to `...-threshold=0.jsonl`, overwriting one decoding with another)."""
+    for value in ("0.95", "0.99"):
+        summary = evaluate(Oracle(), TASK, EXAMPLES, Decoding(3, multipass=True), seq_len=64,
+                           out=tmp_path / f"test-T3-threshold={value}", progress=False)
+        assert summary["results"] == str(tmp_path / f"test-T3-threshold={value}.jsonl")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "test-T3-threshold=0.95.jsonl", "test-T3-threshold=0.95.summary.json",
+        "test-T3-threshold=0.99.jsonl", "test-T3-threshold=0.99.summary.json"]
+
+
 class FlawedOracle(Oracle):
     """The oracle, but thought 1 of example 0 and the last thought of example 2 come out wrong."""
     name = "flawed"
