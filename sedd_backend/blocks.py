@@ -22,6 +22,10 @@ Training row (length 2L): the noisy tokens, then a clean copy, both at rotary po
     clean q -> clean k  iff block(k) <= block(q)
 Decoding needs no copy: the row holds the clean blocks so far and the current (noisy) block,
 with `block(k) <= block(q)`, which gives each query exactly the view it had in training.
+
+With causal clean attention (`causal_blocks`: clean q -> clean k iff k <= q, the prompt seen
+whole) and random block starts, a block may begin at any token, so decoding can slide
+(`sample_sliding`): each call's block starts right after the run the last call wrote.
 """
 from __future__ import annotations
 
