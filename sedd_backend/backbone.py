@@ -47,6 +47,15 @@ class SEDDBackbone(Backbone):
     def __init__(self, cfg: Any, tokenizer: Tokenizer, model: DDiT, graph: Graph, noise: Noise):
         super().__init__(cfg, tokenizer, model)
         self.graph, self.noise = graph, noise
+        bb = cfg.backbone
+        if bb.clean_attention not in ("block", "causal"):
+            raise ValueError(f"backbone.clean_attention={bb.clean_attention!r} must be block or "
+                             "causal")
+        if bb.next_token_loss and (bb.clean_attention != "causal" or not bb.block_tokens
+                                   or not float(bb.next_token_loss) > 0):
+            raise ValueError(f"backbone.next_token_loss={bb.next_token_loss} must be a weight > 0 "
+                             "of a block model (backbone.block_tokens) with "
+                             "backbone.clean_attention=causal")
 
     @classmethod
     def from_config(cls, cfg: Any, tokenizer: Tokenizer) -> "SEDDBackbone":

@@ -144,3 +144,14 @@ def test_sliding_refuses_models_it_does_not_fit():
     bb.cfg.backbone.clean_attention = "block"
     with pytest.raises(ValueError, match="clean_attention=causal"):
         bb.sample(ids, fixed, 4, torch.Generator())
+
+
+@pytest.mark.parametrize("override, message", [
+    ("backbone.clean_attention=casual", "must be block or causal"),
+    ("backbone.next_token_loss=1.0", "clean_attention=causal"),
+])
+def test_block_options_are_checked_when_the_model_is_built(override, message):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        cfg = compose("config", overrides=["model=tiny", override])
+    with pytest.raises(ValueError, match=message):
+        backbone_class("sedd").from_config(cfg, load_tokenizer("char"))
