@@ -51,7 +51,7 @@ class SEDDBackbone(Backbone):
         if bb.clean_attention not in ("block", "causal"):
             raise ValueError(f"backbone.clean_attention={bb.clean_attention!r} must be block or "
                              "causal")
-        if bb.next_token_loss and (bb.clean_attention != "causal" or not bb.block_tokens
+        if bb.next_token_loss and (not self.causal_clean or not bb.block_tokens
                                    or not float(bb.next_token_loss) > 0):
             raise ValueError(f"backbone.next_token_loss={bb.next_token_loss} must be a weight > 0 "
                              "of a block model (backbone.block_tokens) with "
@@ -122,6 +122,11 @@ class SEDDBackbone(Backbone):
         return cls(cfg, found.tokenizer, model, graph, noise)
 
     @property
+    def causal_clean(self) -> bool:
+        """`backbone.clean_attention=causal`: decoded tokens are read token by token."""
+        return self.cfg.backbone.clean_attention == "causal"
+
+    @property
     def block_tokens(self) -> int | None:
         """Tokens per block of block diffusion (`sedd_backend.blocks`); None = whole target."""
         size = self.cfg.backbone.block_tokens
@@ -160,7 +165,7 @@ class SEDDBackbone(Backbone):
                 offset = (rng.rand().to(batch.input_ids.device) * size_B).long()
             segments = block_ids(batch.fixed_mask, size, offset)
             model = two_copy_model(self.model, batch.input_ids, batch.fixed_mask, segments,
-                                   causal=bb.clean_attention == "causal", clean_out=clean)
+                                   causal=self.causal_clean, clean_out=clean)
         loss_B = score_entropy_loss(model, self.graph, self.noise, batch.input_ids,
                                     batch.fixed_mask, rng,
                                     weighting=bb.loss_weighting, order=bb.mask_order,
@@ -222,7 +227,7 @@ class SEDDBackbone(Backbone):
                                        pad_id=tok.pad_id, predictor=predictor, denoise=denoise,
                                        record_chain=record_chain, **savings,
                                        n_layers=len(self.model.blocks) if cached else None,
-                                       causal=self.cfg.backbone.clean_attention == "causal")
+                                       causal=self.causal_clean)
             else:
                 result = pc_sample(
                     lambda x_BL, sigma_B: self.log_score(x_BL, sigma_B).exp(), self.graph,
@@ -235,15 +240,13 @@ class SEDDBackbone(Backbone):
         chain = None if result.chain is None else [x.to(back) for x in result.chain]
         return SampleResult(result.ids.to(back), result.nfe, chain, result.row_nfe.to(back))
 
-
     def _sample_sliding(self, ids_BL: Tensor, fixed_BL: Tensor, size: int, predictor: str,
                         commit: ParallelCommit, record_chain: bool) -> SampleResult:
         """`sampling.sliding`: one call a block, blocks starting where the last run ended."""
-        bb = self.cfg.backbone
         if not size or predictor != "left_to_right" or not commit.active:
             raise ValueError("sampling.sliding needs a block model (backbone.block_tokens), "
                              "sampling.predictor=left_to_right and sampling.threshold or margin")
-        if self.model.time_conditioning or bb.clean_attention != "causal":
+        if self.model.time_conditioning or not self.causal_clean:
             raise ValueError("sampling.sliding needs a model trained with "
                              "backbone.time_conditioning=false and backbone.clean_attention=causal")
         if not self.graph.absorb:
