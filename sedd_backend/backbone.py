@@ -42,6 +42,9 @@ class SEDDBackbone(Backbone):
         SamplerFlag("sliding", "block models with causal clean attention: one call a block, each "
                     "block starting after the run the last call wrote (default: the run's "
                     "sampling.sliding)", kind="bool"),
+        SamplerFlag("drafts", "sliding: keep the unsure rest of a window as a draft that the next "
+                    "call checks with the next-token head (default: the run's sampling.drafts)",
+                    kind="bool"),
     )
 
     def __init__(self, cfg: Any, tokenizer: Tokenizer, model: DDiT, graph: Graph, noise: Noise):
@@ -218,7 +221,8 @@ class SEDDBackbone(Backbone):
                                  "(backbone.block_tokens=null); decode it whole")
             if options.get("sliding", sampling.sliding):
                 result = self._sample_sliding(ids_BL, fixed_BL, size, predictor, commit,
-                                              record_chain)
+                                              record_chain,
+                                              bool(options.get("drafts", sampling.drafts)))
             elif size:
                 tok = self.tokenizer
                 cached = not self.model.time_conditioning and sampling.kv_cache
@@ -241,8 +245,10 @@ class SEDDBackbone(Backbone):
         return SampleResult(result.ids.to(back), result.nfe, chain, result.row_nfe.to(back))
 
     def _sample_sliding(self, ids_BL: Tensor, fixed_BL: Tensor, size: int, predictor: str,
-                        commit: ParallelCommit, record_chain: bool) -> SampleResult:
-        """`sampling.sliding`: one call a block, blocks starting where the last run ended."""
+                        commit: ParallelCommit, record_chain: bool,
+                        drafts: bool) -> SampleResult:
+        """`sampling.sliding`: one call a block, blocks starting where the last run ended;
+        `sampling.drafts`: the rest of a block is a draft the next call checks."""
         if not size or predictor != "left_to_right" or not commit.active:
             raise ValueError("sampling.sliding needs a block model (backbone.block_tokens), "
                              "sampling.predictor=left_to_right and sampling.threshold or margin")
@@ -254,7 +260,7 @@ class SEDDBackbone(Backbone):
         return sample_sliding(self.log_score, commit, ids_BL, fixed_BL, size,
                               len(self.model.blocks), mask_id=self.graph.dim - 1,
                               eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
-                              record_chain=record_chain)
+                              record_chain=record_chain, drafts=drafts)
 
 
 def _check_loaded(cfg: Any, tokens: int, model: DDiT, graph: Graph, noise: Noise) -> None:

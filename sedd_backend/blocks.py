@@ -143,6 +143,7 @@ class PrefixCache:
                  prompt_ids_BP: Tensor, prompt_valid_BP: Tensor, mask_id: int,
                  causal: bool = False):
         self.log_score, self.causal = log_score, causal
+        self.clean_out: Tensor | None = None  # the riding-along tokens' outputs of the last call
         self.layers: list[dict] = [{"n": 0, "slots": slots} for _ in range(n_layers)]
         self.valid_BS = prompt_valid_BP[:, :0]
         positions_BP = torch.arange(prompt_ids_BP.shape[1], device=prompt_ids_BP.device)
@@ -191,6 +192,7 @@ class PrefixCache:
                                         keys_BK[:, None].expand(-1, x_BN.shape[1], -1)], 1)
             out_BNV = self.log_score(x_in, sigma_B, query_keys[:, None], pos_in, self.layers,
                                      prev_in)
+            self.clean_out = out_BNV[:, :n_pending]
             if n_pending:  # keep the clean block's keys and values, not the noisy block's
                 for kv in self.layers:
                     kv["n"] += n_pending
@@ -312,55 +314,115 @@ def sample_blocks(log_score: Callable[..., Tensor], graph: Graph, noise: Noise, 
 
 def sample_sliding(log_score: Callable[..., Tensor], commit: ParallelCommit, ids_BL: Tensor,
                    fixed_BL: Tensor, size: int, n_layers: int, *, mask_id: int, eos_id: int,
-                   pad_id: int, record_chain: bool = False) -> SampleResult:
+                   pad_id: int, record_chain: bool = False, drafts: bool = False) -> SampleResult:
     """One network call per block, each block starting at the row's first unwritten token.
 
     A call masks the `size` positions after what is written, and writes the longest run of
     them that `commit` finds sure in reading order (`ParallelCommit.sure_run`), and at least
-    the first. The rest is not kept: the next block starts right after the run. So no call is
-    spent on the tail of a fixed block, and a chain costs one call per unsure point. The
-    written run rides along with the next call into the prefix cache. Exact (the view the model
-    had in training) for a sigma-blind network of the absorbing graph trained with
-    `backbone.clean_attention=causal` and `backbone.random_block_starts`.
+    the first. The next block starts right after the run, so no call is spent on the tail of a
+    fixed block, and a chain costs one call per unsure point. The written run rides along with
+    the next call into the prefix cache. Exact (the view the model had in training) for a
+    sigma-blind network of the absorbing graph trained with `backbone.clean_attention=causal`
+    and `backbone.random_block_starts`.
+
+    `drafts` (draft and verify, for a model trained with `backbone.next_token_loss`): the
+    unsure rest of a window is not thrown away but rides along with the next call as a draft,
+    clean and causal, and the next block is masked after it. The clean copy's next-token
+    outputs check the draft in that call: the longest prefix of it that matches their argmax
+    is written; at the first mismatch the next-token guess is written instead and the block
+    (which saw the wrong draft) is dropped. So a call can write a whole window plus the part
+    of the last one it was unsure of, and each written draft token is one the mask block and
+    the next-token head agree on.
     """
-    length = ids_BL.shape[1]
+    length, device = ids_BL.shape[1], ids_BL.device
     prompt_B = fixed_BL.sum(1)
     width = int(prompt_B.max())
-    prompt_valid = torch.arange(width, device=ids_BL.device)[None] < prompt_B[:, None]
+    prompt_valid = torch.arange(width, device=device)[None] < prompt_B[:, None]
     cache = PrefixCache(log_score, n_layers, width + 2 * size, ids_BL[:, :width], prompt_valid,
                         mask_id, causal=True)
-    x_BL = torch.where(fixed_BL, ids_BL, mask_id)
+    x_BL = torch.where(fixed_BL, ids_BL, mask_id)  # written tokens, masks elsewhere
+    draft_BL = torch.full_like(x_BL, mask_id)  # drafted tokens (after the written ones)
     next_B = prompt_B.clone()  # first unwritten position of every row
+    cached_B = prompt_B.clone()  # first position not in the cache (the pending run starts here)
+    n_draft_B = torch.zeros_like(next_B)
     active_B = next_B < length
     row_nfe_B = torch.zeros_like(next_B)
     chain: list[Tensor] = []
     nfe = 0
+    offsets = torch.arange(size, device=device)
     while active_B.any():
         rows = active_B.nonzero().squeeze(1)
-        positions_RN = next_B[rows, None] + torch.arange(size, device=ids_BL.device)
+        next_R, n_draft_R = next_B[rows], n_draft_B[rows]
+        known_RL = torch.where(x_BL[rows] == mask_id, draft_BL[rows], x_BL[rows])
+        positions_RN = (next_R + n_draft_R)[:, None] + offsets
         valid_RN = positions_RN < length
-        before_R = x_BL[rows, positions_RN[:, 0] - 1]
+        before_R = known_RL.gather(1, positions_RN[:, :1] - 1).squeeze(1)
         score_RNV = cache.score_fn(positions_RN, valid_RN, before_R)(
-            torch.where(valid_RN, mask_id, pad_id), torch.ones(len(rows), device=ids_BL.device))
-        # at a masked position of the absorbing graph, p(clean token) = the normalised scores
-        clean_RNV = score_RNV[..., :mask_id]
+            torch.where(valid_RN, mask_id, pad_id), torch.ones(len(rows), device=device))
+        nfe += 1
+        row_nfe_B[rows] += 1
+
+        # the draft: keep its longest prefix that the next-token head agrees with
+        accepted_R = torch.zeros_like(next_R)
+        guess_R = torch.full_like(next_R, pad_id)  # the head's token at the first mismatch
+        if n_draft_R.any():
+            head_RM = cache.clean_out[..., :mask_id].argmax(-1)  # guess for position + 1
+            k, width_m = int(n_draft_R.max()), cache.clean_out.shape[1]
+            slot_RK = (next_R - 1 - cached_B[rows])[:, None] + offsets[:k]
+            guess_RK = head_RM.gather(1, slot_RK.clamp(max=width_m - 1))
+            draft_RK = known_RL.gather(1, (next_R[:, None] + offsets[:k]).clamp(max=length - 1))
+            in_draft_RK = offsets[:k] < n_draft_R[:, None]
+            accepted_R = ((guess_RK == draft_RK) & in_draft_RK).long().cumprod(1).sum(1)
+            guess_R = guess_RK.gather(1, accepted_R.clamp(max=k - 1)[:, None]).squeeze(1)
+            kept_RM = (torch.arange(width_m, device=device)
+                       < (next_R + accepted_R - cached_B[rows])[:, None])
+            cache.valid_BS[:, -width_m:] &= kept_RM  # the rejected draft is forgotten
+        whole_R = accepted_R == n_draft_R  # the block saw a right draft: it may be written
+        draft_pos_RK = next_R[:, None] + offsets[:int(accepted_R.max())]
+        take_RK = offsets[:draft_pos_RK.shape[1]] < accepted_R[:, None]
+        draft_tok_RK = known_RL.gather(1, draft_pos_RK.clamp(max=length - 1))
+        write_rows = rows[:, None].expand_as(draft_pos_RK)
+        x_BL[write_rows[take_RK], draft_pos_RK[take_RK]] = draft_tok_RK[take_RK]
+        ended_R = (((draft_tok_RK == eos_id) | (draft_tok_RK == pad_id)) & take_RK).any(1)
+        fix_R = ~whole_R
+        x_BL[rows[fix_R], (next_R + accepted_R)[fix_R]] = guess_R[fix_R]
+        ended_R |= fix_R & ((guess_R == eos_id) | (guess_R == pad_id))
+
+        # the block: its sure run, at least its first token
+        clean_RNV = score_RNV[..., :mask_id]  # absorbing graph: p(clean token) ~ the scores
         top_RN2, token_RN2 = (clean_RNV / clean_RNV.sum(-1, keepdim=True)).topk(2, dim=-1)
         token_RN = token_RN2[..., 0]
         run_RN = commit.sure_run(valid_RN, top_RN2[..., 0], top_RN2[..., 1]) & valid_RN
-        run_RN[:, 0] = True
+        run_RN[:, 0] = valid_RN[:, 0]  # (a draft may have reached the row's end)
+        run_RN &= (whole_R & ~ended_R)[:, None]
         end_RN = run_RN & ((token_RN == eos_id) | (token_RN == pad_id))
         run_RN &= end_RN.long().cumsum(1) - end_RN.long() == 0  # nothing after the row's end
         written = (rows[:, None].expand_as(positions_RN)[run_RN], positions_RN[run_RN])
         x_BL[written] = token_RN[run_RN]
-        nfe += 1
-        row_nfe_B[rows] += 1
+        ended_R |= end_RN.any(1)
+        n_run_R = run_RN.sum(1)
+
+        # what rides along next: the new written tokens, then (with drafts) the block's rest
+        cached_B[rows] = next_R + accepted_R
+        next_B[rows] = torch.where(whole_R, positions_RN[:, 0] + n_run_R, next_R + accepted_R + 1)
+        draft_BL[rows] = mask_id
+        if drafts:
+            rest_RN = valid_RN & ~run_RN & (whole_R & ~ended_R)[:, None]
+            stop_RN = rest_RN & ((token_RN == eos_id) | (token_RN == pad_id))
+            rest_RN &= stop_RN.long().cumsum(1) - stop_RN.long() == 0  # up to the row's end
+            held = (rows[:, None].expand_as(positions_RN)[rest_RN], positions_RN[rest_RN])
+            draft_BL[held] = token_RN[rest_RN]
+            n_draft_B[rows] = rest_RN.sum(1)
         if record_chain:
             chain.append(x_BL.clone())
-        n_R, ended_R = run_RN.sum(1), end_RN.any(1)
-        next_B[rows] += n_R
         active_B[rows] = ~ended_R & (next_B[rows] < length)
-        keep = int(n_R.max())  # the runs, padded to the longest, ride along with the next call
-        cache.finish(token_RN[:, :keep], positions_RN[:, :keep], run_RN[:, :keep], before_R)
+        n_draft_B[rows] *= active_B[rows]
+        new_R = next_B[rows] - cached_B[rows] + n_draft_B[rows]  # padded to the longest
+        ride_RM = cached_B[rows, None] + torch.arange(int(new_R.max()), device=device)
+        known_RL = torch.where(x_BL[rows] == mask_id, draft_BL[rows], x_BL[rows])
+        cache.finish(known_RL.gather(1, ride_RM.clamp(max=length - 1)), ride_RM,
+                     ride_RM < (cached_B[rows] + new_R)[:, None],
+                     known_RL.gather(1, cached_B[rows, None] - 1).squeeze(1))
         cache.keep(active_B[rows].nonzero().squeeze(1))
     x_BL = torch.where(x_BL == mask_id, pad_id, x_BL)
     return SampleResult(x_BL, nfe, chain if record_chain else None, row_nfe_B)
