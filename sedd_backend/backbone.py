@@ -45,6 +45,9 @@ class SEDDBackbone(Backbone):
         SamplerFlag("drafts", "sliding: keep the unsure rest of a window as a draft that the next "
                     "call checks with the next-token head (default: the run's sampling.drafts)",
                     kind="bool"),
+        SamplerFlag("draft_threshold", "drafts: end the draft before its first token of "
+                    "probability below this (default: the run's sampling.draft_threshold)",
+                    type=float, check="probability"),
     )
 
     def __init__(self, cfg: Any, tokenizer: Tokenizer, model: DDiT, graph: Graph, noise: Noise):
@@ -222,7 +225,9 @@ class SEDDBackbone(Backbone):
             if options.get("sliding", sampling.sliding):
                 result = self._sample_sliding(ids_BL, fixed_BL, size, predictor, commit,
                                               record_chain,
-                                              bool(options.get("drafts", sampling.drafts)))
+                                              bool(options.get("drafts", sampling.drafts)),
+                                              float(options.get("draft_threshold",
+                                                                sampling.draft_threshold)))
             elif size:
                 tok = self.tokenizer
                 cached = not self.model.time_conditioning and sampling.kv_cache
@@ -246,7 +251,7 @@ class SEDDBackbone(Backbone):
 
     def _sample_sliding(self, ids_BL: Tensor, fixed_BL: Tensor, size: int, predictor: str,
                         commit: ParallelCommit, record_chain: bool,
-                        drafts: bool) -> SampleResult:
+                        drafts: bool, draft_threshold: float) -> SampleResult:
         """`sampling.sliding`: one call a block, blocks starting where the last run ended;
         `sampling.drafts`: the rest of a block is a draft the next call checks."""
         if not size or predictor != "left_to_right" or not commit.active:
@@ -260,7 +265,8 @@ class SEDDBackbone(Backbone):
         return sample_sliding(self.log_score, commit, ids_BL, fixed_BL, size,
                               len(self.model.blocks), mask_id=self.graph.dim - 1,
                               eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
-                              record_chain=record_chain, drafts=drafts)
+                              record_chain=record_chain, drafts=drafts,
+                              draft_threshold=draft_threshold)
 
 
 def _check_loaded(cfg: Any, tokens: int, model: DDiT, graph: Graph, noise: Noise) -> None:

@@ -314,7 +314,8 @@ def sample_blocks(log_score: Callable[..., Tensor], graph: Graph, noise: Noise, 
 
 def sample_sliding(log_score: Callable[..., Tensor], commit: ParallelCommit, ids_BL: Tensor,
                    fixed_BL: Tensor, size: int, n_layers: int, *, mask_id: int, eos_id: int,
-                   pad_id: int, record_chain: bool = False, drafts: bool = False) -> SampleResult:
+                   pad_id: int, record_chain: bool = False, drafts: bool = False,
+                   draft_threshold: float = 0.0) -> SampleResult:
     """One network call per block, each block starting at the row's first unwritten token.
 
     A call masks the `size` positions after what is written, and writes the longest run of
@@ -332,7 +333,9 @@ def sample_sliding(log_score: Callable[..., Tensor], commit: ParallelCommit, ids
     is written; at the first mismatch the next-token guess is written instead and the block
     (which saw the wrong draft) is dropped. So a call can write a whole window plus the part
     of the last one it was unsure of, and each written draft token is one the mask block and
-    the next-token head agree on.
+    the next-token head agree on. `draft_threshold`: the draft stops before the first token
+    whose probability is below it (the block is masked from there), since a likely rejected
+    draft wastes the block after it.
     """
     length, device = ids_BL.shape[1], ids_BL.device
     prompt_B = fixed_BL.sum(1)
@@ -408,6 +411,7 @@ def sample_sliding(log_score: Callable[..., Tensor], commit: ParallelCommit, ids
         draft_BL[rows] = mask_id
         if drafts:
             rest_RN = valid_RN & ~run_RN & (whole_R & ~ended_R)[:, None]
+            rest_RN &= (top_RN2[..., 0] < draft_threshold).long().cumsum(1) == 0
             stop_RN = rest_RN & ((token_RN == eos_id) | (token_RN == pad_id))
             rest_RN &= stop_RN.long().cumsum(1) - stop_RN.long() == 0  # up to the row's end
             held = (rows[:, None].expand_as(positions_RN)[rest_RN], positions_RN[rest_RN])

@@ -36,14 +36,15 @@ def carry_network(answer, independent, lean=0.0, leaning=None):
     return log_score
 
 
-def decode(network, prompt, length, size, rule, sliding, drafts=False):
+def decode(network, prompt, length, size, rule, sliding, drafts=False, draft_threshold=0.0):
     graph = get_graph("absorb", V)
     ids = torch.full((1, length), PAD)
     ids[0, :prompt] = 1
     fixed = torch.arange(length)[None] < prompt
     if sliding:
         return sample_sliding(network, rule, ids, fixed, size, n_layers=1, mask_id=V, eos_id=EOS,
-                              pad_id=PAD, record_chain=True, drafts=drafts)
+                              pad_id=PAD, record_chain=True, drafts=drafts,
+                              draft_threshold=draft_threshold)
     return sample_blocks(network, graph, LogLinearNoise(), ids, fixed, size, size,
                          torch.Generator(), eos_id=EOS, pad_id=PAD, predictor="left_to_right",
                          denoise=True, record_chain=True, skip_finished=True, commit=rule,
@@ -84,6 +85,11 @@ def test_drafts_write_a_checked_guess_and_a_new_block_in_one_call():
     assert plain.ids[0].tolist() == drafted.ids[0].tolist() == answer.tolist()
     assert plain.nfe == 4 and drafted.nfe == 3
     assert [int((frame[0, 2:] != V).sum()) for frame in drafted.chain] == [2, 6, 12]
+    # a draft threshold above the carry digits' 0.48 drafts nothing here: plain sliding again
+    for draft_threshold, calls in ((0.4, 3), (0.5, 4)):
+        out = decode(network, 2, 14, 4, rule, sliding=True, drafts=True,
+                     draft_threshold=draft_threshold)
+        assert out.ids[0].tolist() == answer.tolist() and out.nfe == calls
     wrong = answer.clone()
     wrong[2 + 6] = 0  # the block leans to a wrong carry digit: the head's token is written
     # instead, and the block that saw the wrong draft is dropped: one call more than plain
@@ -122,7 +128,8 @@ def causal_model(threshold):
     return bb
 
 
-def recomputed_sliding(bb, ids, fixed, size, threshold, drafts=False, seen=None):
+def recomputed_sliding(bb, ids, fixed, size, threshold, drafts=False, seen=None,
+                       draft_threshold=0.0):
     """The sliding rule, one row at a time, every call run on the whole row from scratch: the
     prompt, the written tokens and the draft clean and causal, then `size` masks as one block.
     With `drafts`, the clean outputs before the draft's tokens are read as next-token guesses;
@@ -155,7 +162,8 @@ def recomputed_sliding(bb, ids, fixed, size, threshold, drafts=False, seen=None)
                 prob, token = logp[start:].exp().max(-1)
                 run = int((prob < threshold).int().cumsum(0).eq(0).sum().clamp(min=min(1, end - start)))
                 written = draft + token[:run].tolist()
-                draft = token[run:].tolist() if drafts else []
+                likely = int((prob[run:] < draft_threshold).int().cumsum(0).eq(0).sum())
+                draft = token[run:run + likely].tolist() if drafts else []
             stop = [i for i, t in enumerate(written) if t in ends]
             if stop:
                 written = written[:stop[0] + 1]
@@ -170,9 +178,9 @@ def recomputed_sliding(bb, ids, fixed, size, threshold, drafts=False, seen=None)
     return out, calls
 
 
-@pytest.mark.parametrize("threshold, drafts", [(0.3, False), (0.6, False), (0.6, True),
-                                               (0.9, True)])
-def test_cached_sliding_equals_recomputing_every_call(threshold, drafts):
+@pytest.mark.parametrize("threshold, drafts, draft_threshold", [
+    (0.3, False, 0.0), (0.6, False, 0.0), (0.6, True, 0.0), (0.9, True, 0.0), (0.9, True, 0.2)])
+def test_cached_sliding_equals_recomputing_every_call(threshold, drafts, draft_threshold):
     """With causal clean attention the cache is exact for runs of any length: rows of several
     prompt lengths decode in one batch to the ids and per-row calls of a from-scratch loop,
     with and without drafts (whose rejected tokens must leave no trace in the cache)."""
@@ -183,9 +191,10 @@ def test_cached_sliding_equals_recomputing_every_call(threshold, drafts):
     for row, n in enumerate((3, 5, 8)):
         ids[row, :n] = torch.arange(10, 10 + n)
         fixed[row, :n] = True
-    out = bb.sample(ids, fixed, steps=4, generator=torch.Generator(), drafts=drafts)
+    out = bb.sample(ids, fixed, steps=4, generator=torch.Generator(), drafts=drafts,
+                    draft_threshold=draft_threshold)
     seen = {"kept": 0, "cut": 0}
-    want, calls = recomputed_sliding(bb, ids, fixed, 4, threshold, drafts, seen)
+    want, calls = recomputed_sliding(bb, ids, fixed, 4, threshold, drafts, seen, draft_threshold)
     assert torch.equal(out.ids, want)
     assert out.row_nfe.tolist() == calls and out.nfe == max(calls)
     if drafts:  # draft tokens were both kept and rejected
