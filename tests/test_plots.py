@@ -12,6 +12,7 @@ from dot.report.plots import (
     Point,
     accuracy_vs_steps,
     calls_accuracy,
+    crowded_corner,
     eval_figures,
     loss_curve,
     main,
@@ -174,3 +175,12 @@ def test_calls_accuracy_from_bench_csv(tmp_path):
     assert_png(calls_accuracy([path], tmp_path / "calls.png"))
     with pytest.raises(ValueError, match="no rows of batch 8"):
         calls_accuracy([path], tmp_path / "none.png", batch=8)
+
+
+def test_crowded_corner_by_hand():
+    """Accurate points within 1.25x of the fewest calls (8 -> up to 10) go to the inset; the
+    inaccurate 6-call point and the 12-call one do not, and two points are no crowd."""
+    pts = [("a", 8.0, 99.0), ("b", 9.5, 100.0), ("c", 10.0, 96.0), ("d", 12.0, 100.0),
+           ("fast", 6.0, 50.0), ("AR", 110.0, 100.0)]
+    assert crowded_corner(pts) == pts[:3]
+    assert crowded_corner(pts[1:]) == []  # b (9.5) and c; d is past 1.25 x 9.5

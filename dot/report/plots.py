@@ -89,7 +89,7 @@ def _save(fig: plt.Figure, out_png: str | Path) -> Path:
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    for ax in fig.axes:
+    for ax in [a for top in fig.axes for a in (top, *top.child_axes)]:  # insets too
         spread_labels(fig, [t for t in ax.texts if isinstance(t, matplotlib.text.Annotation)
                             and t.anncoords == "offset points"])
     tmp = out.with_name(out.name + f".part{os.getpid()}")
@@ -308,9 +308,39 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
     return front
 
 
+def _calls_panel(ax: plt.Axes, pts: Sequence[tuple[str, float, float]], log: bool = True,
+                 unlabelled: Sequence[tuple[str, float, float]] = ()) -> None:
+    """Points (label, calls, exact %) with their Pareto front, on a log calls axis by default;
+    the `unlabelled` ones get a point but no label."""
+    front = pareto_front([(c, a) for _, c, a in pts])
+    ax.step([c for c, _ in front], [a for _, a in front], where="post", color="tab:grey",
+            alpha=0.6, label="Pareto front", zorder=2)
+    for label, calls, acc in pts:
+        is_ar = label.lower().startswith("ar")
+        ax.scatter([calls], [acc], c="tab:red" if is_ar else "tab:blue",
+                   marker="s" if is_ar else "o", zorder=3)
+        if (label, calls, acc) not in unlabelled:
+            ax.annotate(label, (calls, acc), fontsize=7, textcoords="offset points",
+                        xytext=(4, -10))
+    if log:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
+def crowded_corner(pts: Sequence[tuple[str, float, float]]) -> list[tuple[str, float, float]]:
+    """The points (label, calls, exact %) at >= 95 % within 1.25x of the fewest calls such a
+    point needs, when there are three or more of them (else none): the inset's points."""
+    fewest = min((c for _, c, a in pts if a >= 95), default=0.0)
+    crowd = [p for p in pts if p[2] >= 95 and p[1] <= 1.25 * fewest]
+    return crowd if len(crowd) >= 3 else []
+
+
 def calls_accuracy(csv_paths: Sequence[str | Path], out_png: str | Path, batch: int = 1) -> Path:
     """Exact accuracy vs network calls per example (log axis), one point per decoding of
-    `bench/bench_decoding.py`, with the Pareto front: what a user picks from."""
+    `bench/bench_decoding.py`, with the Pareto front: what a user picks from. When three or
+    more accurate points (>= 95 %) lie within 1.25x of the fewest calls, an inset zooms on
+    them (linear calls axis), since that corner is where the fast decoders crowd."""
     pts: list[tuple[str, float, float]] = []
     for path in csv_paths:
         with open(path, newline="") as f:
@@ -320,16 +350,16 @@ def calls_accuracy(csv_paths: Sequence[str | Path], out_png: str | Path, batch: 
     if not pts:
         raise ValueError(f"calls_accuracy: no rows of batch {batch} in {list(map(str, csv_paths))}")
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    front = pareto_front([(c, a) for _, c, a in pts])
-    ax.step([c for c, _ in front], [a for _, a in front], where="post", color="tab:grey",
-            alpha=0.6, label="Pareto front", zorder=2)
-    for label, calls, acc in pts:
-        is_ar = label.lower().startswith("ar")
-        ax.scatter([calls], [acc], c="tab:red" if is_ar else "tab:blue",
-                   marker="s" if is_ar else "o", zorder=3)
-        ax.annotate(label, (calls, acc), fontsize=7, textcoords="offset points", xytext=(4, -10))
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    crowd = crowded_corner(pts)
+    _calls_panel(ax, pts, unlabelled=crowd)
+    if crowd:
+        inset = ax.inset_axes([0.22, 0.1, 0.62, 0.62])
+        _calls_panel(inset, crowd, log=False)
+        low = min(a for *_, a in crowd)
+        inset.set_ylim(low - 0.15 * (100.5 - low), 100.5)
+        inset.tick_params(labelsize=7)
+        inset.set_title("zoom: the fewest calls", fontsize=7)
+        inset.grid(alpha=0.3)
     ax.set_xlabel("network calls per example (mean)")
     return _save_accuracy_plot(fig, ax, out_png, "exact answers (%)")
 
