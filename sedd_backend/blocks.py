@@ -343,8 +343,9 @@ def sample_sliding(log_score: Callable[..., Tensor], commit: ParallelCommit, ids
     prompt_valid = torch.arange(width, device=device)[None] < prompt_B[:, None]
     cache = PrefixCache(log_score, n_layers, width + 2 * size, ids_BL[:, :width], prompt_valid,
                         mask_id, causal=True)
-    x_BL = torch.where(fixed_BL, ids_BL, mask_id)  # written tokens, masks elsewhere
-    draft_BL = torch.full_like(x_BL, mask_id)  # drafted tokens (after the written ones)
+    # the written tokens of every row, then (from next_B on) its draft, masks elsewhere
+    x_BL = torch.where(fixed_BL, ids_BL, mask_id)
+    columns_L = torch.arange(length, device=device)
     next_B = prompt_B.clone()  # first unwritten position of every row
     cached_B = prompt_B.clone()  # first position not in the cache (the pending run starts here)
     n_draft_B = torch.zeros_like(next_B)
@@ -353,10 +354,13 @@ def sample_sliding(log_score: Callable[..., Tensor], commit: ParallelCommit, ids
     chain: list[Tensor] = []
     nfe = 0
     offsets = torch.arange(size, device=device)
+
+    def row_end(ids: Tensor) -> Tensor:
+        return (ids == eos_id) | (ids == pad_id)
+
     while active_B.any():
         rows = active_B.nonzero().squeeze(1)
-        next_R, n_draft_R = next_B[rows], n_draft_B[rows]
-        known_RL = torch.where(x_BL[rows] == mask_id, draft_BL[rows], x_BL[rows])
+        next_R, n_draft_R, known_RL = next_B[rows], n_draft_B[rows], x_BL[rows]
         positions_RN = (next_R + n_draft_R)[:, None] + offsets
         valid_RN = positions_RN < length
         before_R = known_RL.gather(1, positions_RN[:, :1] - 1).squeeze(1)
@@ -367,7 +371,7 @@ def sample_sliding(log_score: Callable[..., Tensor], commit: ParallelCommit, ids
 
         # the draft: keep its longest prefix that the next-token head agrees with
         accepted_R = torch.zeros_like(next_R)
-        guess_R = torch.full_like(next_R, pad_id)  # the head's token at the first mismatch
+        ended_R = torch.zeros_like(next_R, dtype=torch.bool)
         if n_draft_R.any():
             head_RM = cache.clean_out[..., :mask_id].argmax(-1)  # guess for position + 1
             k, width_m = int(n_draft_R.max()), cache.clean_out.shape[1]
@@ -376,20 +380,15 @@ def sample_sliding(log_score: Callable[..., Tensor], commit: ParallelCommit, ids
             draft_RK = known_RL.gather(1, (next_R[:, None] + offsets[:k]).clamp(max=length - 1))
             in_draft_RK = offsets[:k] < n_draft_R[:, None]
             accepted_R = ((guess_RK == draft_RK) & in_draft_RK).long().cumprod(1).sum(1)
-            guess_R = guess_RK.gather(1, accepted_R.clamp(max=k - 1)[:, None]).squeeze(1)
             kept_RM = (torch.arange(width_m, device=device)
                        < (next_R + accepted_R - cached_B[rows])[:, None])
             cache.valid_BS[:, -width_m:] &= kept_RM  # the rejected draft is forgotten
+            ended_R = (row_end(draft_RK) & (offsets[:k] < accepted_R[:, None])).any(1)
+            fix_R = accepted_R < n_draft_R  # the head's guess replaces the first wrong token
+            guess_R = guess_RK.gather(1, accepted_R.clamp(max=k - 1)[:, None]).squeeze(1)
+            x_BL[rows[fix_R], (next_R + accepted_R)[fix_R]] = guess_R[fix_R]
+            ended_R |= fix_R & row_end(guess_R)
         whole_R = accepted_R == n_draft_R  # the block saw a right draft: it may be written
-        draft_pos_RK = next_R[:, None] + offsets[:int(accepted_R.max())]
-        take_RK = offsets[:draft_pos_RK.shape[1]] < accepted_R[:, None]
-        draft_tok_RK = known_RL.gather(1, draft_pos_RK.clamp(max=length - 1))
-        write_rows = rows[:, None].expand_as(draft_pos_RK)
-        x_BL[write_rows[take_RK], draft_pos_RK[take_RK]] = draft_tok_RK[take_RK]
-        ended_R = (((draft_tok_RK == eos_id) | (draft_tok_RK == pad_id)) & take_RK).any(1)
-        fix_R = ~whole_R
-        x_BL[rows[fix_R], (next_R + accepted_R)[fix_R]] = guess_R[fix_R]
-        ended_R |= fix_R & ((guess_R == eos_id) | (guess_R == pad_id))
 
         # the block: its sure run, at least its first token
         clean_RNV = score_RNV[..., :mask_id]  # absorbing graph: p(clean token) ~ the scores
@@ -398,35 +397,34 @@ def sample_sliding(log_score: Callable[..., Tensor], commit: ParallelCommit, ids
         run_RN = commit.sure_run(valid_RN, top_RN2[..., 0], top_RN2[..., 1]) & valid_RN
         run_RN[:, 0] = valid_RN[:, 0]  # (a draft may have reached the row's end)
         run_RN &= (whole_R & ~ended_R)[:, None]
-        end_RN = run_RN & ((token_RN == eos_id) | (token_RN == pad_id))
+        end_RN = run_RN & row_end(token_RN)
         run_RN &= end_RN.long().cumsum(1) - end_RN.long() == 0  # nothing after the row's end
         written = (rows[:, None].expand_as(positions_RN)[run_RN], positions_RN[run_RN])
         x_BL[written] = token_RN[run_RN]
         ended_R |= end_RN.any(1)
-        n_run_R = run_RN.sum(1)
 
         # what rides along next: the new written tokens, then (with drafts) the block's rest
         cached_B[rows] = next_R + accepted_R
-        next_B[rows] = torch.where(whole_R, positions_RN[:, 0] + n_run_R, next_R + accepted_R + 1)
-        draft_BL[rows] = mask_id
+        next_B[rows] = torch.where(whole_R, positions_RN[:, 0] + run_RN.sum(1),
+                                   next_R + accepted_R + 1)
+        x_BL[rows] = torch.where(columns_L >= next_B[rows, None], mask_id, x_BL[rows])
         if drafts:
             rest_RN = valid_RN & ~run_RN & (whole_R & ~ended_R)[:, None]
             rest_RN &= (top_RN2[..., 0] < draft_threshold).long().cumsum(1) == 0
-            stop_RN = rest_RN & ((token_RN == eos_id) | (token_RN == pad_id))
+            stop_RN = rest_RN & row_end(token_RN)
             rest_RN &= stop_RN.long().cumsum(1) - stop_RN.long() == 0  # up to the row's end
             held = (rows[:, None].expand_as(positions_RN)[rest_RN], positions_RN[rest_RN])
-            draft_BL[held] = token_RN[rest_RN]
+            x_BL[held] = token_RN[rest_RN]
             n_draft_B[rows] = rest_RN.sum(1)
-        if record_chain:
-            chain.append(x_BL.clone())
+        if record_chain:  # the written tokens only
+            chain.append(torch.where(columns_L < next_B[:, None], x_BL, mask_id))
         active_B[rows] = ~ended_R & (next_B[rows] < length)
         n_draft_B[rows] *= active_B[rows]
         new_R = next_B[rows] - cached_B[rows] + n_draft_B[rows]  # padded to the longest
         ride_RM = cached_B[rows, None] + torch.arange(int(new_R.max()), device=device)
-        known_RL = torch.where(x_BL[rows] == mask_id, draft_BL[rows], x_BL[rows])
-        cache.finish(known_RL.gather(1, ride_RM.clamp(max=length - 1)), ride_RM,
+        cache.finish(x_BL[rows].gather(1, ride_RM.clamp(max=length - 1)), ride_RM,
                      ride_RM < (cached_B[rows] + new_R)[:, None],
-                     known_RL.gather(1, cached_B[rows, None] - 1).squeeze(1))
+                     x_BL[rows, cached_B[rows] - 1])
         cache.keep(active_B[rows].nonzero().squeeze(1))
     x_BL = torch.where(x_BL == mask_id, pad_id, x_BL)
     return SampleResult(x_BL, nfe, chain if record_chain else None, row_nfe_B)
